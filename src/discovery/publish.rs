@@ -1,0 +1,147 @@
+//! Merging provider snapshots into one table and publishing it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::table::spec::{CookieMode, Provider, ServiceSpec};
+use crate::table::state::StateRegistry;
+use crate::table::{self, Readiness, StickyGlobals, Table};
+
+/// The table as the data plane sees it: one atomic pointer, loaded per request.
+pub type SharedTable = Arc<ArcSwap<Table>>;
+
+/// Collects each provider's latest services and publishes a table when the merged view
+/// changes. Providers call it from their own tasks; nothing here blocks a request.
+#[derive(Debug)]
+pub struct Publisher {
+    table: SharedTable,
+    state: Mutex<State>,
+    sticky: StickyGlobals,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Latest snapshot per provider; a provider that has not reported yet is absent.
+    snapshots: BTreeMap<Provider, Vec<ServiceSpec>>,
+    /// Providers that must report before the table is [`Readiness::Ready`].
+    expected: BTreeSet<Provider>,
+    /// The readiness of the current table; `None` before the first. Together with the
+    /// per-provider comparison it tells whether a rebuild would change anything.
+    published: Option<Readiness>,
+    /// Runtime state of the servers, handed from each table to the next.
+    states: StateRegistry,
+}
+
+impl Publisher {
+    /// A publisher whose table stays [`Readiness::Loading`] until every expected provider
+    /// has reported once.
+    pub fn new(expected: impl IntoIterator<Item = Provider>, sticky: StickyGlobals) -> Self {
+        let expected: BTreeSet<Provider> = expected.into_iter().collect();
+        let initial = if expected.is_empty() {
+            Table {
+                readiness: Readiness::Ready,
+                ..Table::loading()
+            }
+        } else {
+            Table::loading()
+        };
+        Self {
+            table: Arc::new(ArcSwap::from_pointee(initial)),
+            state: Mutex::new(State {
+                expected,
+                ..State::default()
+            }),
+            sticky,
+        }
+    }
+
+    pub fn table(&self) -> SharedTable {
+        Arc::clone(&self.table)
+    }
+
+    /// Replaces one provider's services. Returns whether a new table was published.
+    pub fn update(&self, provider: Provider, mut services: Vec<ServiceSpec>) -> bool {
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = &mut *guard;
+        // Compared per provider, before anything is merged or copied: the Docker watcher
+        // polls every few seconds and nearly every poll changes nothing.
+        let changed = state.snapshots.get(&provider) != Some(&services);
+        state.snapshots.insert(provider, services);
+        let readiness = if state
+            .expected
+            .iter()
+            .all(|p| state.snapshots.contains_key(p))
+        {
+            Readiness::Ready
+        } else {
+            Readiness::Loading
+        };
+        if !changed && state.published == Some(readiness) {
+            return false;
+        }
+        let buildable: Vec<&ServiceSpec> = state
+            .snapshots
+            .values()
+            .flatten()
+            .filter(|s| self.can_seal(s))
+            .collect();
+        let table = table::build(&buildable, readiness, &mut state.states, &self.sticky);
+        tracing::info!(
+            provider = provider.as_str(),
+            routers = table.routers.len(),
+            services = table.services.len(),
+            servers = table.server_count(),
+            ready = readiness == Readiness::Ready,
+            "publishing new routing table"
+        );
+        tracing::debug!(
+            "configuration received from provider {}: {table}",
+            provider.as_str()
+        );
+        self.table.store(Arc::new(table));
+        state.published = Some(readiness);
+        true
+    }
+}
+
+impl Publisher {
+    /// A service that wants sealed cookies needs the key file; without it, the service is
+    /// left out with a warning rather than silently getting readable cookies.
+    fn can_seal(&self, spec: &ServiceSpec) -> bool {
+        let wants_sealed = spec
+            .options
+            .sticky
+            .as_ref()
+            .is_some_and(|s| s.mode.unwrap_or(self.sticky.mode) == CookieMode::Sealed);
+        if wants_sealed && self.sticky.keyring.is_none() {
+            tracing::warn!(
+                service = %spec.name,
+                provider = spec.provider.as_str(),
+                "sticky mode `sealed` needs a key file (--sticky.keyfile); service skipped"
+            );
+            return false;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loading_until_every_provider_reported_and_unchanged_updates_publish_nothing() {
+        let p = Publisher::new([Provider::Docker, Provider::File], StickyGlobals::default());
+        assert_eq!(p.table().load().readiness, Readiness::Loading);
+        assert!(p.update(Provider::File, vec![]));
+        assert_eq!(p.table().load().readiness, Readiness::Loading);
+        assert!(p.update(Provider::Docker, vec![]));
+        assert_eq!(p.table().load().readiness, Readiness::Ready);
+        let before = Arc::as_ptr(&p.table().load_full());
+        assert!(!p.update(Provider::Docker, vec![]));
+        assert_eq!(before, Arc::as_ptr(&p.table().load_full()));
+    }
+}

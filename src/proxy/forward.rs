@@ -1,0 +1,667 @@
+//! One request: route, choose a server (cookie first, balancer otherwise), rewrite, send,
+//! retry on another server when that is safe, and return the backend's response with the
+//! sticky cookie when the client needs one.
+//!
+//! Retry rules: a connection that could not be made sent nothing, so any request may go to
+//! another server (its body comes back through [`ReclaimBody`]). Once a request was sent, only
+//! bodiless requests can be replayed, and only idempotent ones unless the service allows
+//! more. A retry never goes to a server that already failed this request.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, Version};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body as _, Incoming};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::{Error as ClientError, ResponseFuture};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+use tokio::time::error::Elapsed;
+
+use super::body::{ReclaimBody, TrackedBody};
+use super::budget::{BodyError, Metered};
+use super::error::ProxyError;
+use super::headers::{add_forwarded, host_without_port, strip_hop_by_hop, ClientConn};
+use super::upload::Upload;
+use super::{Body, Proxy};
+use crate::sticky::find_cookie;
+use crate::table::rule::RequestFacts;
+use crate::table::state::InflightGuard;
+use crate::table::{CookieVerdict, Fallback, Readiness, Service, SessionKey, Table};
+
+pub async fn handle(proxy: &Proxy, req: Request<Incoming>, conn: ClientConn) -> Response<Body> {
+    if let (false, Some(port)) = (conn.tls, proxy.settings.redirect_to_https) {
+        return redirect_to_https(&req, port);
+    }
+    match forward(proxy, req, conn).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// 308 rather than 301, so that a POST stays a POST on the way to HTTPS.
+fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .map(host_without_port)
+        .unwrap_or("localhost");
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let authority = if port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
+    };
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut response = Response::new(Either::Right(http_body_util::Full::new(
+        bytes::Bytes::from_static(b"Permanent Redirect\n"),
+    )));
+    *response.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(location) = HeaderValue::from_str(&format!("https://{authority}{target}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// How the server for this request was chosen.
+#[derive(Debug, Clone, Copy)]
+struct Choice {
+    server: usize,
+    /// The client has no valid cookie for this service and must be given one.
+    needs_cookie: bool,
+}
+
+/// What one attempt came to.
+enum Outcome {
+    Answered(Response<Incoming>),
+    /// The connection could not be made: nothing was sent.
+    NotSent(hyper_util::client::legacy::Error),
+    /// The request may have reached the backend.
+    Sent(hyper_util::client::legacy::Error),
+    TimedOut,
+}
+
+async fn forward(
+    proxy: &Proxy,
+    mut req: Request<Incoming>,
+    conn: ClientConn,
+) -> Result<Response<Body>, ProxyError> {
+    // One load per request; the Arc keeps this table alive across the await points even if
+    // the control plane swaps in a new one meanwhile.
+    let table: Arc<Table> = proxy.table.load_full();
+    if table.readiness == Readiness::Loading {
+        return Err(ProxyError::NotReady);
+    }
+    target_host_replaces_host_header(&mut req);
+    // Work already accepted must be able to finish: past the admission threshold of the
+    // memory budget, new requests are turned away at once rather than queued.
+    if !proxy.budget.admit() {
+        return Err(ProxyError::Overloaded);
+    }
+    // A gRPC stream lasts as long as its call: a limit on its total would cut a long-lived
+    // stream (a reset the client reports as INTERNAL) however small its messages. Message
+    // sizes are the gRPC server's to limit; the memory budget still bounds what is held.
+    let max_body = if is_grpc(req.headers()) {
+        None
+    } else {
+        proxy.settings.max_body
+    };
+    if let Some(len) = req.body().size_hint().exact() {
+        if max_body.is_some_and(|max| len > max) {
+            return Err(ProxyError::TooLarge {
+                max: max_body.unwrap_or_default(),
+            });
+        }
+    }
+    let (mut parts, body) = req.into_parts();
+    // A WebSocket (or any HTTP/1.1 upgrade) keeps its Connection and Upgrade headers to the
+    // backend, and the client's connection is taken over once the backend agrees.
+    let upgrade = upgrade_request(&mut parts);
+    let host_header = parts.headers.get(header::HOST).cloned();
+    let router = {
+        let host = host_header
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.host())
+            .map(host_without_port)
+            .unwrap_or("");
+        let facts = RequestFacts {
+            host,
+            path: parts.uri.path(),
+            method: parts.method.as_str(),
+            tls: conn.tls,
+        };
+        table.route(&facts).ok_or_else(|| ProxyError::NoRoute {
+            host: host.to_owned(),
+            path: facts.path.to_owned(),
+        })?
+    };
+    let primary = &table.services[router.service];
+    let (service, choice, session_key) = match choose(primary, &parts.headers) {
+        (Some(choice), key) => (primary, choice, key),
+        // Nothing in rotation: Apigee's IsFallback. The fallback's own fallback is not
+        // followed, so two services pointing at each other cannot loop.
+        (None, _) => match fallback(&table, primary) {
+            Some((service, server)) => {
+                tracing::debug!(service = %primary.name, fallback = %service.name, "no server in rotation; using the fallback");
+                let choice = Choice {
+                    server,
+                    needs_cookie: false,
+                };
+                (service, choice, None)
+            }
+            None => {
+                return Err(ProxyError::NoServer {
+                    service: primary.name.to_string(),
+                })
+            }
+        },
+    };
+    let mut choice = choice;
+    let on_fallback = !std::ptr::eq(service, primary);
+
+    let path_and_query = rewrite_path(&router.rule.rewrite, service, &parts.uri)?;
+    // gRPC needs `te: trailers` end to end; any other TE value is hop-by-hop.
+    let te_trailers = parts
+        .headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some((protocol, _)) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
+    add_forwarded(&mut parts.headers, &conn, host_header.as_ref());
+
+    let retry = &service.retry;
+    let retries_possible = retry.attempts > 0 && service.servers.len() > 1;
+    // The client consumes each request it is given, so a retry is rebuilt from a copy of the
+    // method and headers, taken only when a retry could happen at all.
+    let template = retries_possible.then(|| (parts.method.clone(), parts.headers.clone()));
+    let bodiless = body.is_end_stream();
+    let replayable_after_send = bodiless
+        && (retry.unsafe_after_send
+            || (retry.idempotent_after_send && is_idempotent(&parts.method)));
+
+    let (mut next_body, mut reclaimed) = upstream_body(body, proxy, max_body);
+    let mut first = Some(parts);
+    let mut tried: Vec<usize> = Vec::new();
+    loop {
+        let server = &service.servers[choice.server];
+        let guard = admit(service, choice.server).await?;
+        let started = std::time::Instant::now();
+        let (body, mut body_sent) = match next_body.take().unwrap_or(Either::Right(Empty::new())) {
+            Either::Left(streamed) => {
+                let (watched, sent) = Upload::new(streamed);
+                (Either::Left(watched), Some(sent))
+            }
+            Either::Right(empty) => (Either::Right(empty), None),
+        };
+        let mut outgoing = match first.take() {
+            Some(parts) => Request::from_parts(parts, body),
+            None => {
+                let (method, headers) = template
+                    .as_ref()
+                    .expect("retries only happen with a template");
+                let mut r = Request::new(body);
+                *r.method_mut() = method.clone();
+                *r.headers_mut() = headers.clone();
+                r
+            }
+        };
+        *outgoing.uri_mut() = Uri::builder()
+            .scheme(server.scheme.clone())
+            .authority(server.authority.clone())
+            .path_and_query(path_and_query.clone())
+            .build()
+            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        if !service.pass_host_header {
+            if let Ok(v) = HeaderValue::from_str(server.authority.as_str()) {
+                outgoing.headers_mut().insert(header::HOST, v);
+            }
+        }
+
+        *outgoing.version_mut() = if service.protocol.is_http2() {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let sending = proxy
+            .clients
+            .request(service.protocol, &service.backend_tls, outgoing)
+            .map_err(|e| ProxyError::BackendTls {
+                service: service.name.to_string(),
+                source: e,
+            })?;
+        let outcome = match wait_for_headers(proxy, sending, body_sent.take()).await {
+            Ok(Ok(response)) => Outcome::Answered(response),
+            Ok(Err(e)) if too_large(&e) => {
+                return Err(ProxyError::TooLarge {
+                    max: max_body.unwrap_or_default(),
+                })
+            }
+            Ok(Err(e)) if e.is_connect() => Outcome::NotSent(e),
+            Ok(Err(e)) => Outcome::Sent(e),
+            Err(_) => Outcome::TimedOut,
+        };
+
+        let passive = &service.passive;
+        let failed = match &outcome {
+            Outcome::Answered(r) => passive.unhealthy_statuses.contains(&r.status().as_u16()),
+            _ => true,
+        };
+        if failed {
+            if service.record_failure(choice.server) {
+                tracing::warn!(
+                    service = %service.name,
+                    server = %server.url,
+                    "server failed {} times in a row; out of rotation {}",
+                    passive.max_failures,
+                    if service.health_check.is_some() {
+                        "until its health check passes".to_owned()
+                    } else {
+                        format!("for {} ms", passive.cooldown.as_millis())
+                    }
+                );
+            }
+        } else {
+            server.state.record_success();
+            server.state.record_latency(started.elapsed());
+        }
+
+        let may_retry = tried.len() < retry.attempts as usize
+            && template.is_some()
+            && match &outcome {
+                Outcome::Answered(_) => failed && replayable_after_send,
+                Outcome::NotSent(_) => true,
+                Outcome::Sent(_) | Outcome::TimedOut => replayable_after_send,
+            };
+        if may_retry {
+            // The body comes back only if the failed attempt never read it.
+            if let Some(rx) = reclaimed.take() {
+                match rx.await {
+                    Ok(body) => (next_body, reclaimed) = upstream_body(body, proxy, max_body),
+                    Err(_) => next_body = None,
+                }
+            }
+            let body_ready = bodiless || next_body.is_some();
+            tried.push(choice.server);
+            let next = if body_ready {
+                match session_key {
+                    Some(key) => service.rendezvous(key, &tried),
+                    _ => service.balance(&tried),
+                }
+            } else {
+                None
+            };
+            if let Some(other) = next {
+                tracing::warn!(
+                    service = %service.name,
+                    server = %server.url,
+                    retry = %service.servers[other].url,
+                    "{}; retrying on another server",
+                    describe(&outcome)
+                );
+                // A pinned client whose server failed is re-pinned to the one that answers.
+                choice = Choice {
+                    server: other,
+                    needs_cookie: service.sticky.is_some(),
+                };
+                continue;
+            }
+        }
+
+        return match outcome {
+            Outcome::Answered(response) => Ok(respond(
+                response,
+                guard,
+                service,
+                choice,
+                upgrade,
+                Arc::clone(&proxy.budget),
+            )),
+            Outcome::TimedOut => Err(ProxyError::Timeout {
+                service: service.name.to_string(),
+                server: server.url.to_string(),
+                timeout_ms: proxy.settings.response_header_timeout.as_millis(),
+            }),
+            // The primary has nothing in rotation either, so nothing could take the
+            // request: unavailable (503), as when the fallback is already marked down,
+            // rather than 502 until passive health catches up.
+            Outcome::NotSent(source) if on_fallback => Err(ProxyError::FallbackDown {
+                service: primary.name.to_string(),
+                fallback: server.url.to_string(),
+                source,
+            }),
+            Outcome::NotSent(source) => Err(ProxyError::Connect {
+                service: service.name.to_string(),
+                server: server.url.to_string(),
+                source,
+            }),
+            Outcome::Sent(source) => Err(ProxyError::Upstream {
+                service: service.name.to_string(),
+                server: server.url.to_string(),
+                source,
+            }),
+        };
+    }
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Answered(r) => format!("server answered {}", r.status().as_u16()),
+        Outcome::NotSent(e) | Outcome::Sent(e) => {
+            let mut text = e.to_string();
+            if let Some(source) = std::error::Error::source(e) {
+                text = format!("{text}: {source}");
+            }
+            text
+        }
+        Outcome::TimedOut => "server did not answer in time".into(),
+    }
+}
+
+/// The upstream body for a client body: nothing for a bodiless request (so a retry can send
+/// nothing too), otherwise the stream wrapped so that it can be reclaimed.
+fn upstream_body(
+    body: Incoming,
+    proxy: &Proxy,
+    max_body: Option<u64>,
+) -> (Option<Prepared>, Option<oneshot::Receiver<Incoming>>) {
+    if body.is_end_stream() {
+        return (Some(Either::Right(Empty::new())), None);
+    }
+    let (body, rx) = ReclaimBody::new(body);
+    let metered = Metered::new(body, Arc::clone(&proxy.budget), max_body);
+    (Some(Either::Left(metered)), Some(rx))
+}
+
+/// A request body before it is sent: metered, reclaimable, or nothing at all.
+type Prepared = Either<Metered<ReclaimBody>, Empty<bytes::Bytes>>;
+
+/// Waits for the response headers. The response-header timeout starts once the request
+/// body has been sent: a client uploading for longer than the timeout is not the backend
+/// being slow (Go's `ResponseHeaderTimeout`, which Traefik uses, counts the same way). A
+/// backend may answer before the upload ends (a 413, say); that answer is taken at once.
+async fn wait_for_headers(
+    proxy: &Proxy,
+    sending: ResponseFuture,
+    body_sent: Option<oneshot::Receiver<()>>,
+) -> Result<Result<Response<Incoming>, ClientError>, Elapsed> {
+    let timeout = proxy.settings.response_header_timeout;
+    let Some(sent) = body_sent else {
+        return tokio::time::timeout(timeout, sending).await;
+    };
+    tokio::pin!(sending);
+    tokio::select! {
+        biased;
+        answered = &mut sending => Ok(answered),
+        _ = sent => tokio::time::timeout(timeout, sending).await,
+    }
+}
+
+/// Whether the request failed because its body outgrew the maximum.
+fn too_large(e: &ClientError) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if matches!(s.downcast_ref::<BodyError>(), Some(BodyError::TooLarge(_))) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// RFC 9112 §3.2.2: with an absolute-form target (`GET http://b.example/ HTTP/1.1`), the
+/// target's host is the request's host and the Host header is ignored. Go's net/http does
+/// the same, so Traefik routes such a request, and forwards its Host, by the target; routing
+/// by the header instead would let the two disagree about where a request goes. HTTP/2
+/// requests carry their host this way (`:authority`) too.
+fn target_host_replaces_host_header(req: &mut Request<Incoming>) {
+    let Some(authority) = req.uri().authority() else {
+        return;
+    };
+    // Host and port only: userinfo (`user@`) never belongs in a Host header.
+    let host = match authority.port() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&host) {
+        req.headers_mut().insert(header::HOST, value);
+    }
+}
+
+/// `application/grpc`, with or without a `+proto`-style suffix or parameters.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let v = v.trim_start();
+            v.len() >= 16
+                && v[..16].eq_ignore_ascii_case("application/grpc")
+                && matches!(v.as_bytes().get(16), None | Some(b'+' | b';'))
+        })
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Stickiness first: a cookie naming one of this service's current servers pins the
+/// request there. A cookie that names a server no longer available is re-pinned by
+/// rendezvous hashing on its value, so every replica moves it to the same place; anything
+/// else is balanced. Returns the choice (none when no server is available) and the session
+/// key that retries re-pin by.
+fn choose(service: &Service, headers: &HeaderMap) -> (Option<Choice>, Option<SessionKey>) {
+    let mut stale = None;
+    if let Some(sticky) = &service.sticky {
+        for header in headers.get_all(header::COOKIE) {
+            let Ok(text) = header.to_str() else { continue };
+            let Some(value) = find_cookie(text, &sticky.cookie_name) else {
+                continue;
+            };
+            match service.resolve_cookie(value) {
+                CookieVerdict::Pinned(server) => {
+                    let choice = Choice {
+                        server,
+                        needs_cookie: sticky.sliding,
+                    };
+                    return (Some(choice), Some(SessionKey::of(value)));
+                }
+                CookieVerdict::Stale => stale = Some(SessionKey::of(value)),
+                // Debug only: hostile clients must not be able to flood the log.
+                CookieVerdict::Invalid => {
+                    tracing::debug!(service = %service.name, cookie = %sticky.cookie_name, "malformed sticky cookie ignored")
+                }
+            }
+        }
+        if stale.is_some() {
+            tracing::debug!(service = %service.name, cookie = %sticky.cookie_name, "sticky cookie names no available server; re-pinning");
+        }
+    }
+    // Header affinity: a client without a usable cookie that names its session in a header
+    // (gRPC metadata) lands where the same header value always lands, on every replica.
+    if stale.is_none() {
+        if let Some(name) = &service.affinity_header {
+            if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+                stale = Some(SessionKey::of(value));
+            }
+        }
+    }
+    let server = match stale {
+        Some(key) => service.rendezvous(key, &[]),
+        None => service.balance(&[]),
+    };
+    let choice = server.map(|server| Choice {
+        server,
+        needs_cookie: service.sticky.is_some(),
+    });
+    (choice, stale)
+}
+
+fn rewrite_path(
+    rule_rewrite: &crate::table::rule::PathRewrite,
+    service: &Service,
+    uri: &Uri,
+) -> Result<PathAndQuery, ProxyError> {
+    let original = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let by_rule = rule_rewrite.apply(original.path());
+    let by_service = service.rewrite_path(by_rule.as_deref().unwrap_or(original.path()));
+    let Some(path) = by_service.or(by_rule) else {
+        return Ok(original);
+    };
+    let text = match original.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    text.parse()
+        .map_err(|_| ProxyError::BadRequest("rewritten path is not valid"))
+}
+
+/// Takes the client's upgrade handle when the request asks to switch protocols; the
+/// `Upgrade` value is kept to send on.
+fn upgrade_request(parts: &mut http::request::Parts) -> Option<(HeaderValue, OnUpgrade)> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = parts.headers.get(header::UPGRADE)?.clone();
+    if !asks {
+        return None;
+    }
+    let on = parts.extensions.remove::<OnUpgrade>()?;
+    Some((protocol, on))
+}
+
+/// The fallback service and a server of it, when the primary has none in rotation.
+fn fallback<'t>(table: &'t Table, primary: &'t Service) -> Option<(&'t Service, usize)> {
+    let service = match primary.fallback.as_ref()? {
+        Fallback::Service(i) => &table.services[*i],
+        Fallback::Own(s) => s,
+    };
+    Some((service, service.balance(&[])?))
+}
+
+/// Takes a slot on the server, waiting in its queue when it is at its connection limit.
+async fn admit(service: &Service, server: usize) -> Result<InflightGuard, ProxyError> {
+    let state = &service.servers[server].state;
+    let limits = &service.limits;
+    if limits.max_conn == 0 {
+        return Ok(state.start_request());
+    }
+    state
+        .queue_for(limits.max_conn, limits.queue, limits.queue_timeout)
+        .await
+        .ok_or_else(|| ProxyError::QueueFull {
+            service: service.name.to_string(),
+            server: service.servers[server].url.to_string(),
+        })
+}
+
+fn respond(
+    mut response: Response<Incoming>,
+    guard: InflightGuard,
+    service: &Service,
+    choice: Choice,
+    upgrade: Option<(HeaderValue, OnUpgrade)>,
+    budget: Arc<super::Budget>,
+) -> Response<Body> {
+    let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let tunnel = match upgrade {
+        Some((_, client)) if switching => Some((client, hyper::upgrade::on(&mut response))),
+        _ => None,
+    };
+    let (mut parts, body) = response.into_parts();
+    let backend_upgrade = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some((client, backend)) = tunnel {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(protocol) = backend_upgrade {
+            parts.headers.insert(header::UPGRADE, protocol);
+        }
+        let name = service.name.clone();
+        tokio::spawn(async move {
+            // The server stays busy for as long as the tunnel is open.
+            let _guard = guard;
+            match tokio::try_join!(client, backend) {
+                Ok((client, backend)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut backend = TokioIo::new(backend);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                        tracing::debug!(service = %name, error = %e, "upgraded connection ended with an error");
+                    }
+                }
+                Err(e) => tracing::debug!(service = %name, error = %e, "upgrade did not complete"),
+            }
+        });
+        if choice.needs_cookie {
+            if let Some(cookie) = service.set_cookie(choice.server) {
+                parts.headers.append(header::SET_COOKIE, cookie);
+            }
+        }
+        return Response::from_parts(parts, Either::Right(http_body_util::Full::default()));
+    }
+    if choice.needs_cookie {
+        if let Some(cookie) = service.set_cookie(choice.server) {
+            parts.headers.append(header::SET_COOKIE, cookie);
+        }
+    }
+    let body = TrackedBody::new(body, guard);
+    Response::from_parts(parts, Either::Left(Metered::new(body, budget, None)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_content_types() {
+        let with = |ct: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            is_grpc(&h)
+        };
+        assert!(with("application/grpc"));
+        assert!(with("application/grpc+proto"));
+        assert!(with("Application/GRPC; charset=utf-8"));
+        assert!(!with("application/grpc-web"));
+        assert!(!with("application/json"));
+        assert!(!with("application/grp"));
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
+}

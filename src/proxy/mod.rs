@@ -1,0 +1,295 @@
+//! The data plane: accepts client connections, routes each request through the current
+//! table, and forwards it to the chosen backend with a pooled client.
+//!
+//! It reads the table, and nothing else, from the control plane: one atomic load per request.
+//!
+//! - `forward`: one request, from routing to the response (stickiness, retry, rewriting).
+//! - `headers`: hop-by-hop and `X-Forwarded-*` headers.
+//! - `upload`: the request body towards a backend, reporting when it has been sent.
+//! - `budget`: the memory budget for bytes in transit.
+//! - `clients`: the client pools towards backends, per protocol.
+//! - `error`: every failure, and the one place that maps failures to responses.
+
+mod body;
+mod budget;
+mod clients;
+mod error;
+mod forward;
+mod headers;
+mod upload;
+
+pub use budget::{Budget, BudgetStats};
+pub use error::ProxyError;
+pub use headers::ClientConn;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::discovery::SharedTable;
+
+/// Response bodies: streamed from the backend (charged to the memory budget), or a short one
+/// limpet wrote itself.
+pub type Body = Either<budget::Metered<body::TrackedBody>, Full<Bytes>>;
+
+/// Request bodies towards backends: the client's stream (reclaimable if never read, charged
+/// to the memory budget, watched so the response-header timeout starts once it is sent), or
+/// nothing.
+pub type UpstreamBody = Either<upload::Upload<budget::Metered<body::ReclaimBody>>, Empty<Bytes>>;
+
+/// Settings of the forwarding path.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// How long to wait for a TCP connection to a backend.
+    pub dial_timeout: Duration,
+    /// How long to wait for a backend's response headers once the request is sent; 504 after.
+    pub response_header_timeout: Duration,
+    /// How long an unused backend connection stays in the pool.
+    pub idle_conn_timeout: Duration,
+    /// How long to wait for in-flight requests when shutting down.
+    pub grace_period: Duration,
+    /// Answer plain-HTTP requests with a redirect to HTTPS on this port.
+    pub redirect_to_https: Option<u16>,
+    /// Bytes in transit limpet may hold; see [`Budget`].
+    pub memory_budget: usize,
+    /// Largest request body accepted; 413 beyond it.
+    pub max_body: Option<u64>,
+    /// Client connections served at once; more are refused with a short 503.
+    pub max_connections: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            dial_timeout: Duration::from_secs(30),
+            response_header_timeout: Duration::from_secs(60),
+            idle_conn_timeout: Duration::from_secs(90),
+            grace_period: Duration::from_secs(10),
+            redirect_to_https: None,
+            memory_budget: 64 << 20,
+            max_body: Some(64 << 20),
+            max_connections: 16_384,
+        }
+    }
+}
+
+/// Everything a request needs, shared by all connections of an entrypoint.
+pub struct Proxy {
+    table: SharedTable,
+    clients: clients::Clients,
+    settings: ProxySettings,
+    budget: Arc<Budget>,
+    /// Client connections open now, against `max_connections`.
+    connections: std::sync::atomic::AtomicUsize,
+}
+
+impl Proxy {
+    pub fn new(table: SharedTable, settings: ProxySettings) -> Self {
+        Self {
+            table,
+            clients: clients::Clients::new(&settings),
+            budget: Budget::new(settings.memory_budget),
+            connections: std::sync::atomic::AtomicUsize::new(0),
+            settings,
+        }
+    }
+
+    pub fn budget(&self) -> Arc<Budget> {
+        Arc::clone(&self.budget)
+    }
+}
+
+/// How an entrypoint's connections arrive.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain TCP; `h2c` also accepts HTTP/2 with prior knowledge.
+    Plain { h2c: bool },
+    /// TLS, with HTTP/2 or HTTP/1.1 chosen by ALPN.
+    Tls(tokio_rustls::TlsAcceptor),
+}
+
+/// The largest read buffer per connection, either side; also the largest request head.
+pub const MAX_BUF: usize = 64 * 1024;
+
+/// Holds one of the `max_connections` places for as long as a client connection lives.
+struct ConnectionSlot(Arc<Proxy>);
+
+impl ConnectionSlot {
+    fn take(proxy: &Arc<Proxy>) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let before = proxy.connections.fetch_add(1, Ordering::AcqRel);
+        if before >= proxy.settings.max_connections {
+            proxy.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(Arc::clone(proxy)))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Turns a connection away beyond the limit: a short 503 on plain HTTP (the client learns
+/// why and when to retry), a plain close on TLS, where answering would mean a handshake.
+fn refuse(stream: tokio::net::TcpStream, transport: &Transport, peer: std::net::SocketAddr) {
+    tracing::debug!(client = %peer, "connection limit reached; connection refused");
+    if let Transport::Plain { .. } = transport {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut stream = stream;
+            let _ = stream
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-length: 20\r\n\r\nService Unavailable\n")
+                .await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// Whether a plain connection opens with the HTTP/2 preface. hyper-util's
+/// `serve_connection_with_upgrades` ignores `http1_only` and would serve it as h2c, so an
+/// entrypoint without h2c checks for itself. `PRI` is the method RFC 9113 §3.4 reserves for
+/// the preface: no HTTP/1.1 request starts with it. Peeking consumes nothing.
+async fn h2_preface(stream: &tokio::net::TcpStream) -> bool {
+    const PRI: &[u8; 4] = b"PRI ";
+    let mut buf = [0u8; 4];
+    // A first segment shorter than four bytes is rare; it is waited for briefly, then the
+    // connection goes to HTTP/1.1, whose parser refuses the preface anyway.
+    for _ in 0..50 {
+        match stream.peek(&mut buf).await {
+            Ok(4) => return &buf == PRI,
+            Ok(n) if n > 0 && PRI.starts_with(&buf[..n]) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// How long a client may take over its TLS handshake before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP on an already-bound listener until `shutdown` completes, then lets in-flight
+/// requests finish for up to the grace period. Taking a bound listener lets tests use port 0.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
+    serve_with(listener, Transport::Plain { h2c: false }, proxy, shutdown).await
+}
+
+/// [`serve`], for any transport.
+pub async fn serve_with(
+    listener: TcpListener,
+    transport: Transport,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let graceful = GracefulShutdown::new();
+    let builder = {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        // A bounded read buffer per connection keeps idle keep-alive connections cheap and
+        // bounds what one connection can hold outside the memory budget.
+        b.http1().timer(TokioTimer::new()).max_buf_size(MAX_BUF);
+        b.http2().timer(TokioTimer::new());
+        match &transport {
+            // Not enough on its own with upgrades: see `h2_preface`.
+            Transport::Plain { h2c: false } => Arc::new(b.http1_only()),
+            // With TLS, ALPN picks the protocol; auto reads the preface to tell them apart.
+            Transport::Plain { h2c: true } | Transport::Tls(_) => Arc::new(b),
+        }
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on the accept loop.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(slot) = ConnectionSlot::take(&proxy) else {
+            refuse(stream, &transport, peer);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ClientConn::new(
+            peer.ip(),
+            local_port,
+            matches!(transport, Transport::Tls(_)),
+        );
+        let proxy = Arc::clone(&proxy);
+        let service = service_fn(move |req| {
+            let proxy = Arc::clone(&proxy);
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(forward::handle(&proxy, req, conn).await) }
+        });
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let result = match transport {
+                Transport::Plain { h2c } => {
+                    if !h2c && h2_preface(&stream).await {
+                        tracing::debug!(client = %peer, "HTTP/2 with prior knowledge, but h2c is off on this entrypoint; connection closed");
+                        return;
+                    }
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Transport::Tls(acceptor) => {
+                    // A failed handshake concerns this client only: log it quietly.
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let grace = proxy.settings.grace_period;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "connections still open after the grace period; closing them"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! The file provider while limpet runs: edits apply without a restart, and a bad edit is
+//! reported and ignored while the last good table keeps serving.
+
+mod support;
+
+use std::sync::Arc;
+
+use support::{eventually, logs, servers, spawn_backend, spawn_limpet_with_file, Limpet, Req};
+
+fn one_service(rule: &str, urls: &[&str]) -> String {
+    format!(
+        "[services.app]\nrule = \"{rule}\"\nservers = {}\n",
+        servers(urls)
+    )
+}
+
+/// Waits until limpet has logged that it read `limpet`'s file and kept the old table, with
+/// `reason` in the line; `before` is the count of such lines before the edit.
+async fn wait_for_rejection(limpet: &Limpet, reason: &str, before: usize) {
+    let file = limpet.file.display().to_string();
+    eventually(&format!("limpet to reject the edit ({reason})"), || {
+        logs::count(&[&file, reason]) > before
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_apply_without_a_restart() {
+    let a = spawn_backend("a").await;
+    let b = spawn_backend("b").await;
+    let limpet = spawn_limpet_with_file(&one_service("Host:app.test", &[&a.url])).await;
+    assert_eq!(limpet.get("/").await.backend(), "a");
+
+    limpet
+        .reload(&one_service("Host:app.test", &[&a.url, &b.url]))
+        .await;
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        seen.push(limpet.get("/").await.backend().to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "a", "b", "b"], "the new server takes its share");
+
+    limpet
+        .reload(&one_service("Host:new.test", &[&b.url]))
+        .await;
+    assert_eq!(limpet.get("/").await.status, 404, "the old rule is gone");
+    assert_eq!(
+        limpet.send(Req::get("/").host("new.test")).await.backend(),
+        "b"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_edit_keeps_the_last_good_table_until_the_file_is_fixed() {
+    logs::capture();
+    let a = spawn_backend("a").await;
+    let b = spawn_backend("b").await;
+    let limpet = spawn_limpet_with_file(&one_service("PathPrefix:/", &[&a.url])).await;
+    let good = limpet.table();
+
+    // Each bad edit would also move traffic to `b` if any part of it were applied.
+    let bad_edits = [
+        (
+            "syntax error",
+            format!(
+                "[services.app\nrule = \"PathPrefix:/\"\nservers = {}\n",
+                servers(&[&b.url])
+            ),
+            "is not valid",
+        ),
+        (
+            "unknown field",
+            format!(
+                "[services.app]\nrule = \"PathPrefix:/\"\nstiky = true\nservers = {}\n",
+                servers(&[&b.url])
+            ),
+            "stiky",
+        ),
+        (
+            "bad rule",
+            one_service("PathPrefx:/", &[&b.url]),
+            "PathPrefx",
+        ),
+        (
+            "bad URL",
+            format!(
+                "{}[services.more]\nrule = \"Host:more.test\"\nservers = {}\n",
+                one_service("PathPrefix:/", &[&b.url]),
+                servers(&["http://127.0.0.1:8000/app"])
+            ),
+            "http://127.0.0.1:8000/app",
+        ),
+    ];
+    for (what, text, reason) in &bad_edits {
+        let before = logs::count(&[&limpet.file.display().to_string(), reason]);
+        limpet.write_file(text);
+        wait_for_rejection(&limpet, reason, before).await;
+        assert!(
+            Arc::ptr_eq(&good, &limpet.table()),
+            "{what}: a new table was published"
+        );
+        for _ in 0..3 {
+            let reply = limpet.get("/").await;
+            assert_eq!(
+                (reply.status.as_u16(), reply.backend()),
+                (200, "a"),
+                "{what}"
+            );
+        }
+    }
+
+    limpet.reload(&one_service("PathPrefix:/", &[&b.url])).await;
+    assert_eq!(
+        limpet.get("/").await.backend(),
+        "b",
+        "the fixed file applies"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_file_keeps_the_table_and_its_return_applies() {
+    logs::capture();
+    let a = spawn_backend("a").await;
+    let b = spawn_backend("b").await;
+    let limpet = spawn_limpet_with_file(&one_service("PathPrefix:/", &[&a.url])).await;
+    let good = limpet.table();
+
+    let before = logs::count(&[&limpet.file.display().to_string(), "cannot read"]);
+    std::fs::remove_file(&limpet.file).expect("remove the file");
+    wait_for_rejection(&limpet, "cannot read", before).await;
+    assert!(Arc::ptr_eq(&good, &limpet.table()));
+    assert_eq!(limpet.get("/").await.backend(), "a");
+
+    limpet.reload(&one_service("PathPrefix:/", &[&b.url])).await;
+    assert_eq!(limpet.get("/").await.backend(), "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_when_its_server_is_removed_still_completes() {
+    let a = spawn_backend("a").await;
+    let b = spawn_backend("b").await;
+    let limpet = spawn_limpet_with_file(&one_service("PathPrefix:/", &[&a.url])).await;
+
+    let mut conn = limpet.connect().await;
+    let in_flight = tokio::spawn(async move { conn.send(Req::get("/held")).await });
+    a.arrival().await;
+    limpet.reload(&one_service("PathPrefix:/", &[&b.url])).await;
+    assert_eq!(
+        limpet.get("/").await.backend(),
+        "b",
+        "new requests follow the new file"
+    );
+
+    a.open_gate();
+    let reply = support::within("the in-flight request", in_flight)
+        .await
+        .expect("client task");
+    assert_eq!(
+        (reply.status.as_u16(), reply.text()),
+        (200, "held response from a")
+    );
+}

@@ -1,0 +1,60 @@
+//! Graceful shutdown: when the shutdown future fires, limpet stops accepting connections
+//! but lets the requests already in flight finish.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{eventually, servers, spawn_backend, spawn_limpet, within, Options, Req};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_flight_request_completes_and_new_connections_are_refused() {
+    let app = spawn_backend("app").await;
+    // A grace period far beyond the test's patience: `stopped` below only returns in time
+    // if limpet closes idle connections instead of waiting the grace period out.
+    let mut options = Options::default();
+    options.proxy.grace_period = Duration::from_secs(600);
+    let mut limpet = spawn_limpet(
+        &format!(
+            "[services.app]\nrule = \"PathPrefix:/\"\nservers = {}\n",
+            servers(&[&app.url])
+        ),
+        options,
+    )
+    .await;
+    // An idle keep-alive connection must not hold the shutdown up.
+    let mut idle = limpet.connect().await;
+    assert_eq!(idle.get("/").await.backend(), "app");
+
+    let mut conn = limpet.connect().await;
+    let in_flight = tokio::spawn(async move { conn.send(Req::get("/held")).await });
+    app.arrival().await;
+
+    limpet.begin_shutdown();
+    let addr = limpet.addr;
+    let refused = tokio::spawn(async move {
+        loop {
+            match tokio::net::TcpStream::connect(addr).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+                Err(e) => panic!("unexpected connect error: {e}"),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    });
+    within("new connections to be refused", refused)
+        .await
+        .expect("probe task");
+    assert!(
+        !in_flight.is_finished(),
+        "the held request cannot have finished: the backend still holds it"
+    );
+
+    app.open_gate();
+    let reply = within("the in-flight request", in_flight)
+        .await
+        .expect("client task");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "held response from app");
+    limpet.stopped().await;
+    eventually("the idle connection to be closed", || idle.is_closed()).await;
+}
