@@ -4,7 +4,7 @@
 #   1. cargo fmt --check
 #   2. cargo clippy --all-targets -- -D warnings
 #   3. cargo nextest run: every test that needs no Docker; cargo test --doc
-#   4. with Docker: the end-to-end tests on a real swarm (tests/swarm_e2e.rs), after making the
+#   4. with Docker: the end-to-end tests on a real swarm (tests/swarm_e2e/), after making the
 #      engine a single-node swarm if it is in none and building the images
 #      (docker/build-images.sh). Without Docker they are skipped, saying so; on CI
 #      (CI=true) a missing Docker is a failure, because CI has one.
@@ -33,7 +33,7 @@ for component in rustfmt clippy; do
     fi
 done
 
-# Real peers some tests talk to: h2load (tests/tls.rs) and redis-server (tests/l4.rs). They
+# Real peers some tests talk to: h2load (tests/integration/tls.rs) and redis-server (tests/integration/l4.rs). They
 # come from Debian; on a machine without them the tests print SKIPPED for that part.
 missing=()
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
@@ -46,6 +46,14 @@ if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
         echo "test.sh: could not install ${missing[*]}; the tests that need them will say SKIPPED" >&2
     rm -f /usr/sbin/policy-rc.d
 fi
+
+# A clean CI checkout gains nothing from incremental builds, and their caches would be the
+# largest thing on its disk; the free space is printed because a full disk is what once
+# broke CI, as a linker "Bus error".
+if [ "${CI:-}" = true ]; then
+    export CARGO_INCREMENTAL=0
+fi
+df -h . | sed 's/^/test.sh: disk: /'
 
 run cargo fmt --all --check
 run cargo clippy --locked --all-targets -- -D warnings
@@ -79,6 +87,8 @@ else
 fi
 
 echo
+du -sh "$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')" 2>/dev/null |
+    sed 's/^/test.sh: build output: /'
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "${bold}test.sh: FAILED:${reset}"
     printf '  %s\n' "${failed[@]}"

@@ -1,7 +1,7 @@
 //! Headers on the way through: what backends behind Traefik expect to be told about the
 //! client, what describes only one hop and must stop at limpet, and the Host header.
 
-mod support;
+use crate::support;
 
 use support::{servers, spawn_backend, spawn_limpet_with_file, Req};
 

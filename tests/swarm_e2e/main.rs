@@ -5,12 +5,11 @@
 //! docker/build-images.sh; scripts/test.sh provides both. Without the variable each test says
 //! on stderr that it is skipped, and why.
 //!
-//! Each test deploys its own copy of the setup (see `support/swarm.rs`) and times what it
+//! Each test deploys its own copy of the setup (see `swarm.rs`) and times what it
 //! measures on stderr. Time limits apply only to what limpet controls (from a container's
 //! start to its first routed request), never to how fast Docker schedules tasks, which depends
 //! on the machine.
 
-#[path = "support/swarm.rs"]
 mod swarm;
 
 use std::collections::BTreeSet;

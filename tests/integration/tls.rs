@@ -4,7 +4,7 @@
 //! one connection only, start-up errors naming the file, the HTTP→HTTPS redirect, h2c on
 //! the plain entrypoint, and curl and h2load as outside clients.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};

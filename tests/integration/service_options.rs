@@ -1,7 +1,7 @@
 //! Service options from the file: path rewriting, and settings that contradict themselves,
 //! refused at start-up and on reload with a message naming the service and the setting.
 
-mod harness;
+use crate::harness;
 
 use harness::limpet::{write_atomically, TempDir};
 use harness::process::run_to_exit;

@@ -8,7 +8,7 @@
 //! The messages are written by hand with prost's derive and the service is dispatched by
 //! path as tonic's generated code does, so no `protoc` is needed.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! Balancing methods over real sockets: how new sessions are shared out among servers.
 
-mod harness;
+use crate::harness;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! server name override, a client certificate for mutual TLS, the insecure switch, and
 //! HTTP/2 over TLS.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! What a client gets when limpet cannot deliver a normal answer: its own short plain-text
 //! errors with the right status, and the backend's failures passed on, never disguised.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Requests without a cookie are spread by smooth weighted round robin: shares exactly as
 //! the weights say, and interleaved rather than in runs.
 
-mod support;
+use crate::support;
 
 use support::{spawn_backend, spawn_limpet_with_file};
 

@@ -2,7 +2,7 @@
 //! attributes, sealed values, and replicas that agree on where a session lives and where a
 //! stale one moves.
 
-mod harness;
+use crate::harness;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,9 +1,6 @@
-//! What `tests/l4.rs` needs: limpet's layer-4 listeners in-process, fed through the file
+//! What the `l4` tests need: limpet's layer-4 listeners in-process, fed through the file
 //! provider, and real peers on 127.0.0.1 (TCP echo, recording and greeting backends, a
 //! small RESP responder, UDP echo), plus TLS ClientHello bytes for passthrough.
-//!
-//! Self-contained (included with `#[path]`), so it merges beside `tests/support/mod.rs`
-//! without touching it.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -463,11 +460,11 @@ impl Drop for Child {
 
 /// The test CA and server certificates of `tests/testdata/l4` (test-only keys).
 mod pki {
-    pub const CA: &[u8] = include_bytes!("../testdata/l4/ca.pem");
-    pub const A_CERT: &[u8] = include_bytes!("../testdata/l4/a.pem");
-    pub const A_KEY: &[u8] = include_bytes!("../testdata/l4/a.key");
-    pub const B_CERT: &[u8] = include_bytes!("../testdata/l4/b.pem");
-    pub const B_KEY: &[u8] = include_bytes!("../testdata/l4/b.key");
+    pub const CA: &[u8] = include_bytes!("../../testdata/l4/ca.pem");
+    pub const A_CERT: &[u8] = include_bytes!("../../testdata/l4/a.pem");
+    pub const A_KEY: &[u8] = include_bytes!("../../testdata/l4/a.key");
+    pub const B_CERT: &[u8] = include_bytes!("../../testdata/l4/b.pem");
+    pub const B_KEY: &[u8] = include_bytes!("../../testdata/l4/b.key");
 }
 
 fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {

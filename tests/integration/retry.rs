@@ -1,7 +1,7 @@
 //! A request whose server refuses the connection was never sent, so limpet tries another
 //! server of the service, and re-pins a sticky client that was pinned to the dead one.
 
-mod support;
+use crate::support;
 
 use limpet::sticky::traefik_v1_cookie_name;
 use support::{closed_port, servers, spawn_backend, spawn_limpet_with_file, Req};

@@ -3,7 +3,7 @@
 //! sticky like any other and its 101 carries the Set-Cookie (Traefik #3343), which then
 //! pins the next upgrade to the same backend.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

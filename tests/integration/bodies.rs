@@ -1,7 +1,7 @@
 //! Bodies go through limpet as streams, both ways: large ones arrive intact, and the first
 //! bytes are forwarded while the sender is still holding back the rest.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;

@@ -1,7 +1,7 @@
 //! Connections are kept and reused on both sides: a client can send many requests on one
 //! connection, and limpet pools its connections to backends instead of dialing per request.
 
-mod support;
+use crate::support;
 
 use support::{closed_port, servers, spawn_backend, spawn_limpet_with_file, Req};
 

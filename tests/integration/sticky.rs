@@ -2,7 +2,7 @@
 //! client that sends it back stays there, and only the service's current servers can be
 //! named by it.
 
-mod support;
+use crate::support;
 
 use limpet::sticky::traefik_v1_cookie_name;
 use support::{

@@ -1,7 +1,7 @@
 //! The file provider while limpet runs: edits apply without a restart, and a bad edit is
 //! reported and ignored while the last good table keeps serving.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

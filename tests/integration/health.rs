@@ -1,7 +1,7 @@
 //! Passive health (failures in a row take a server out for a cool-down) and active
 //! monitors (TCP and HTTP probes with rise and fall), against backends that flap on command.
 
-mod harness;
+use crate::harness;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -1,7 +1,7 @@
 //! Failures: retries that never bounce back, re-pinning instead of failing, maintenance,
 //! per-server connection limits and fallbacks, over real sockets.
 
-mod harness;
+use crate::harness;
 
 use std::time::{Duration, Instant};
 

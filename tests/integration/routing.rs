@@ -1,6 +1,6 @@
 //! Routing through Traefik v1 rules: which backend a request reaches, and with what path.
 
-mod support;
+use crate::support;
 
 use support::{servers, spawn_backend, spawn_limpet_with_file, Req};
 

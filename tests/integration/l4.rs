@@ -1,8 +1,7 @@
 //! Layer-4 forwarding end to end: real peers on 127.0.0.1 through limpet's TCP and UDP
 //! front ports, configured through the file provider's `[tcp.*]` and `[udp.*]` tables.
 
-#[path = "support/l4.rs"]
-mod support;
+use crate::support::l4 as support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! What the integration tests share: real backends, limpet in-process, a plain client, and
-//! the waiting primitives. Each test file is its own crate using a part of this, hence the
-//! unused items and re-exports are allowed.
+//! the waiting primitives. Not every helper is used
+//! yet by a test, hence the allowances.
 //!
 //! - `backend`: hyper servers on 127.0.0.1 that answer their own name and misbehave on cue.
 //! - `limpet`: limpet on 127.0.0.1:0, configured through its file provider.
@@ -15,6 +15,7 @@ pub mod backend;
 pub mod certs;
 pub mod client;
 pub mod edge;
+pub mod l4;
 pub mod limpet;
 pub mod logs;
 pub mod pattern;

@@ -1,7 +1,7 @@
 //! Graceful shutdown: when the shutdown future fires, limpet stops accepting connections
 //! but lets the requests already in flight finish.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The real `limpet` binary: its flags, its exit codes, and the tutorial's command line
 //! starting without a reachable Docker.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::net::SocketAddr;
