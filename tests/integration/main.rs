@@ -7,6 +7,7 @@ mod support;
 
 mod algorithms;
 mod backend_tls;
+mod backpressure;
 mod balancing;
 mod bodies;
 mod cli;

@@ -92,6 +92,11 @@ impl Process {
         panic!("no free port for limpet after 5 tries");
     }
 
+    /// For what only the operating system can tell, such as the process's memory.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }
