@@ -61,8 +61,12 @@ fn init_logging(log: LogSettings) {
         .add_directive("hyper=info".parse().expect("static directive"))
         .add_directive("hyper_util=info".parse().expect("static directive"))
         .add_directive("bollard=info".parse().expect("static directive"));
+    // Colour codes only for a person at a terminal: in `docker service logs`, journald or a
+    // file they are noise that breaks grep.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match log.format {
         LogFormat::Text => builder.init(),

@@ -172,6 +172,21 @@ fn a_missing_file_fails_at_start_naming_it() {
 }
 
 #[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    // Without NO_COLOR, as under `docker service logs` or systemd: the pipe alone must be
+    // enough to turn colours off.
+    let path = format!("{}/no-such-dir/limpet.toml", env!("CARGO_TARGET_TMPDIR"));
+    let output = limpet()
+        .env_remove("NO_COLOR")
+        .args(["--file.filename", &path, "--entrypoint", "127.0.0.1:0"])
+        .output()
+        .expect("run limpet");
+    let text = stderr(&output);
+    assert!(text.contains("ERROR"), "no log line: {text}");
+    assert!(!text.contains('\u{1b}'), "escape codes in: {text:?}");
+}
+
+#[test]
 fn a_bad_file_fails_at_start_naming_the_file_and_service() {
     let file = TempFile::new(
         "bad",
