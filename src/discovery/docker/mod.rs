@@ -174,7 +174,7 @@ async fn connect(endpoint: &Endpoint) -> Result<Docker, DockerError> {
 async fn follow(
     docker: &Docker,
     settings: &DockerSettings,
-    publisher: &Publisher,
+    publisher: &Arc<Publisher>,
     problems: &mut ProblemLog,
     backoff: &mut Backoff,
 ) -> Result<(), DockerError> {
@@ -312,7 +312,7 @@ fn mark(event: &bollard::models::EventMessage, swarm_mode: bool) -> Option<Mark>
 async fn poll(
     docker: &Docker,
     settings: &DockerSettings,
-    publisher: &Publisher,
+    publisher: &Arc<Publisher>,
     problems: &mut ProblemLog,
     marks: &mut Marks,
 ) -> Result<(), DockerError> {
@@ -331,7 +331,7 @@ async fn poll(
         convert::containers(&containers, &settings.defaults, marks)
     };
     problems.report(found);
-    publisher.update(Provider::Docker, specs);
+    publisher.update_off_workers(Provider::Docker, specs).await;
     Ok(())
 }
 
