@@ -59,11 +59,95 @@ pub struct Problem {
 /// `<namespace>_<name>`, and users write the short name in their labels.
 const STACK_NAMESPACE: &str = "com.docker.stack.namespace";
 
+/// The labels of each service (or container) as they last were valid, by id.
+///
+/// A relabel with a mistake in it must not take a running app offline: Traefik drops such a
+/// service; limpet keeps serving it with its last valid labels and says so. A service that
+/// never had valid labels is skipped.
+#[derive(Debug, Default)]
+pub struct LabelMemory {
+    last: HashMap<String, BTreeMap<String, String>>,
+    /// What is valid in the conversion under way; replaces `last` when it ends, so that
+    /// services gone from Docker are forgotten.
+    next: HashMap<String, BTreeMap<String, String>>,
+}
+
+impl LabelMemory {
+    /// The labels to convert with: the current ones if valid, else the last valid ones with
+    /// a problem reported, else none (skipped, also reported).
+    fn choose(
+        &mut self,
+        id: &str,
+        name: &str,
+        current: BTreeMap<String, String>,
+        defaults: &Defaults,
+        what: &str,
+        problem: &mut impl FnMut(String),
+    ) -> Option<(BTreeMap<String, String>, labels::Parsed)> {
+        let error = match checked(&current, name, defaults) {
+            Ok(parsed) => {
+                self.next.insert(id.to_owned(), current.clone());
+                return Some((current, parsed));
+            }
+            Err(e) => e,
+        };
+        let old = self
+            .last
+            .get(id)
+            .and_then(|old| Some((old, checked(old, name, defaults).ok()?)));
+        let Some((old, parsed)) = old else {
+            problem(format!("{error}; {what} skipped"));
+            return None;
+        };
+        problem(format!("{error}; keeping the {what}'s last valid labels"));
+        self.next.insert(id.to_owned(), old.clone());
+        Some((old.clone(), parsed))
+    }
+
+    fn finish(&mut self) {
+        self.last = std::mem::take(&mut self.next);
+    }
+}
+
+/// Parses labels and refuses settings that cannot work for this service.
+fn checked(
+    labels: &BTreeMap<String, String>,
+    name: &str,
+    defaults: &Defaults,
+) -> Result<labels::Parsed, String> {
+    let parsed = labels::parse(labels, defaults.exposed_by_default).map_err(|e| e.to_string())?;
+    if let Some(crate::table::spec::FallbackSpec::Service(f)) = &parsed.labels.options.fallback {
+        if f == name {
+            return Err("label `limpet.fallback` names the service itself".into());
+        }
+    }
+    Ok(parsed)
+}
+
+/// Swarm services and their tasks, without memory of earlier polls.
 pub fn swarm(
     services: &[SwarmService],
     tasks: &[Task],
     defaults: &Defaults,
     marks: &Marks,
+) -> (Vec<ServiceSpec>, Vec<Problem>) {
+    swarm_remembering(
+        services,
+        tasks,
+        defaults,
+        marks,
+        &mut LabelMemory::default(),
+    )
+}
+
+/// Swarm services and their tasks; a service whose labels turned invalid keeps the labels
+/// `memory` holds for it.
+pub fn swarm_remembering(
+    services: &[SwarmService],
+    tasks: &[Task],
+    defaults: &Defaults,
+    marks: &Marks,
+    memory: &mut LabelMemory,
 ) -> (Vec<ServiceSpec>, Vec<Problem>) {
     // A task whose desired state is no longer `running` but which still runs is shutting
     // down (rolling update, scale down, node drain): it keeps its pinned clients until it
@@ -86,13 +170,16 @@ pub fn swarm(
                 message,
             })
         };
-        let labels: BTreeMap<String, String> = service.labels.clone().into_iter().collect();
-        let parsed = match labels::parse(&labels, defaults.exposed_by_default) {
-            Ok(p) => p,
-            Err(e) => {
-                problem(format!("{e}; service skipped"));
-                continue;
-            }
+        let current: BTreeMap<String, String> = service.labels.clone().into_iter().collect();
+        let Some((labels, parsed)) = memory.choose(
+            &service.id,
+            &service.name,
+            current,
+            defaults,
+            "service",
+            &mut problem,
+        ) else {
+            continue;
         };
         for label in &parsed.ignored {
             problem(format!(
@@ -163,6 +250,7 @@ pub fn swarm(
             Err(message) => problem(message),
         }
     }
+    memory.finish();
     problems.sort();
     problems.dedup();
     (specs, problems)
@@ -274,6 +362,17 @@ pub fn containers(
     defaults: &Defaults,
     marks: &Marks,
 ) -> (Vec<ServiceSpec>, Vec<Problem>) {
+    containers_remembering(containers, defaults, marks, &mut LabelMemory::default())
+}
+
+/// Plain containers; a container whose labels turned invalid keeps the labels `memory`
+/// holds for it.
+pub fn containers_remembering(
+    containers: &[Container],
+    defaults: &Defaults,
+    marks: &Marks,
+    memory: &mut LabelMemory,
+) -> (Vec<ServiceSpec>, Vec<Problem>) {
     let mut groups: BTreeMap<String, Vec<(&Container, ServiceLabels)>> = BTreeMap::new();
     let mut problems = Vec::new();
     let mut sorted: Vec<&Container> = containers.iter().collect();
@@ -285,13 +384,11 @@ pub fn containers(
                 message,
             })
         };
-        let labels: BTreeMap<String, String> = c.labels.clone().into_iter().collect();
-        let parsed = match labels::parse(&labels, defaults.exposed_by_default) {
-            Ok(p) => p,
-            Err(e) => {
-                problem(format!("{e}; container skipped"));
-                continue;
-            }
+        let current: BTreeMap<String, String> = c.labels.clone().into_iter().collect();
+        let Some((_, parsed)) =
+            memory.choose(&c.id, &c.name, current, defaults, "container", &mut problem)
+        else {
+            continue;
         };
         for label in &parsed.ignored {
             problem(format!(
@@ -313,6 +410,7 @@ pub fn containers(
         });
         groups.entry(group).or_default().push((c, parsed.labels));
     }
+    memory.finish();
     let mut specs = Vec::new();
     for (name, members) in groups {
         // The first container (by name) speaks for the group's routing labels.
@@ -712,6 +810,80 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].service, "broken");
         assert!(problems[0].message.contains("traefik.port=http"));
+    }
+
+    #[test]
+    fn a_bad_relabel_keeps_the_last_valid_labels_and_a_new_bad_service_is_skipped() {
+        let tasks = vec![task(
+            "t1",
+            "s1",
+            "running",
+            vec![attachment("whoaminet", "10.0.1.5", false)],
+        )];
+        let mut memory = LabelMemory::default();
+        let run = |services: &[SwarmService], memory: &mut LabelMemory| {
+            swarm_remembering(services, &tasks, &defaults(), &Marks::default(), memory)
+        };
+        let (specs, problems) = run(&[service(TUTORIAL)], &mut memory);
+        assert!(problems.is_empty(), "{problems:?}");
+        let good = specs[0].clone();
+
+        let mut relabelled = service(TUTORIAL);
+        relabelled
+            .labels
+            .insert("traefik.port".into(), "eighty".into());
+        relabelled
+            .labels
+            .insert("traefik.frontend.rule".into(), "PathPrefix:/new".into());
+        let mut fresh = service(&[("traefik.port", "0")]);
+        fresh.id = "s2".into();
+        fresh.name = "fresh".into();
+        let (specs, problems) = run(&[relabelled.clone(), fresh.clone()], &mut memory);
+        assert_eq!(specs, vec![good.clone()], "served as before the bad edit");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0].service, "fresh");
+        assert!(problems[0].message.ends_with("service skipped"));
+        assert!(problems[1].message.contains("traefik.port=eighty"));
+        assert!(problems[1].message.contains("last valid labels"));
+
+        // The mistake stays remembered as a mistake: the next poll still serves the old labels.
+        let (specs, _) = run(&[relabelled.clone(), fresh], &mut memory);
+        assert_eq!(specs, vec![good]);
+
+        // A service that left Docker is forgotten; coming back with bad labels, it is new.
+        let (specs, _) = run(&[], &mut memory);
+        assert!(specs.is_empty());
+        let (specs, problems) = run(&[relabelled], &mut memory);
+        assert!(specs.is_empty());
+        assert!(problems[0].message.ends_with("service skipped"));
+    }
+
+    #[test]
+    fn a_fallback_to_itself_is_refused_like_any_bad_label() {
+        let mut memory = LabelMemory::default();
+        let tasks = vec![task(
+            "t1",
+            "s1",
+            "running",
+            vec![attachment("whoaminet", "10.0.1.5", false)],
+        )];
+        let mut svc = service(TUTORIAL);
+        let (specs, _) = swarm_remembering(
+            &[svc.clone()],
+            &tasks,
+            &defaults(),
+            &Marks::default(),
+            &mut memory,
+        );
+        svc.labels
+            .insert("limpet.fallback".into(), svc.name.clone());
+        let (again, problems) =
+            swarm_remembering(&[svc], &tasks, &defaults(), &Marks::default(), &mut memory);
+        assert_eq!(again, specs);
+        assert!(
+            problems[0].message.contains("names the service itself"),
+            "{problems:?}"
+        );
     }
 
     #[test]

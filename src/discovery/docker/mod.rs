@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use self::api::{Endpoint, SwarmService};
-use self::convert::{Container, Defaults, Marks, Problem};
+use self::convert::{Container, Defaults, LabelMemory, Marks, Problem};
 use super::Publisher;
 use crate::table::spec::Provider;
 
@@ -114,14 +114,23 @@ impl Marks {
 pub async fn watch(settings: DockerSettings, publisher: Arc<Publisher>) {
     let mut backoff = Backoff::default();
     let mut problems = ProblemLog::default();
+    // Outlives reconnections: a service's last valid labels stay valid while Docker is away.
+    let mut memory = LabelMemory::default();
     loop {
         match connect(&settings.endpoint).await {
             Ok(docker) => {
                 tracing::info!(endpoint = %settings.endpoint, swarm = settings.swarm_mode, "connected to Docker");
                 let mut settings = settings.clone();
                 settings.defaults.reachable = own_networks(&docker).await;
-                if let Err(e) =
-                    follow(&docker, &settings, &publisher, &mut problems, &mut backoff).await
+                if let Err(e) = follow(
+                    &docker,
+                    &settings,
+                    &publisher,
+                    &mut problems,
+                    &mut memory,
+                    &mut backoff,
+                )
+                .await
                 {
                     tracing::warn!(error = %e, "lost Docker; the last routing table keeps serving");
                 }
@@ -176,6 +185,7 @@ async fn follow(
     settings: &DockerSettings,
     publisher: &Arc<Publisher>,
     problems: &mut ProblemLog,
+    memory: &mut LabelMemory,
     backoff: &mut Backoff,
 ) -> Result<(), DockerError> {
     let (tx, mut rx) = mpsc::channel::<Trigger>(256);
@@ -183,7 +193,7 @@ async fn follow(
     let mut burst: VecDeque<Instant> = VecDeque::new();
     let mut marks = Marks::default();
     let result = loop {
-        if let Err(e) = poll(docker, settings, publisher, problems, &mut marks).await {
+        if let Err(e) = poll(docker, settings, publisher, problems, memory, &mut marks).await {
             break Err(e);
         }
         backoff.reset();
@@ -314,6 +324,7 @@ async fn poll(
     settings: &DockerSettings,
     publisher: &Arc<Publisher>,
     problems: &mut ProblemLog,
+    memory: &mut LabelMemory,
     marks: &mut Marks,
 ) -> Result<(), DockerError> {
     let (specs, found) = if settings.swarm_mode {
@@ -321,14 +332,14 @@ async fn poll(
         let tasks = api::list_tasks(&settings.endpoint).await?;
         let services: Vec<SwarmService> = services.into_iter().filter_map(swarm_service).collect();
         marks.retain(&tasks.iter().map(|t| t.id.as_str()).collect());
-        convert::swarm(&services, &tasks, &settings.defaults, marks)
+        convert::swarm_remembering(&services, &tasks, &settings.defaults, marks, memory)
     } else {
         let options = ListContainersOptionsBuilder::default().build();
         let containers = docker.list_containers(Some(options)).await?;
         let containers: Vec<Container> =
             containers.into_iter().filter_map(plain_container).collect();
         marks.retain(&containers.iter().map(|c| c.id.as_str()).collect());
-        convert::containers(&containers, &settings.defaults, marks)
+        convert::containers_remembering(&containers, &settings.defaults, marks, memory)
     };
     problems.report(found);
     publisher.update_off_workers(Provider::Docker, specs).await;
