@@ -145,6 +145,23 @@ def targets(cells: list, memory: list) -> list:
     return out
 
 
+def swap_table(cells: list, swaps: list) -> list:
+    t = index(cells)
+    quiet, swapping = t.get(("swap", "100b", "quiet", "limpet")), t.get(("swap", "100b", "swapping", "limpet"))
+    if not quiet or not swapping:
+        return []
+    s = swaps[len(swaps) // 2] if swaps else None
+    what = (f"{s['swaps']} tables of {s['services']:,} services / {s['servers']:,} servers built and swapped "
+            f"in {s['seconds']} s ({s['writes']} file writes)") if s else "swap count unknown"
+    out = ["", f"Table swaps under load (limpet, 1 worker, pinned 100 B): {what}",
+           f"  {'':<8} {'rps':>10} {'p50':>9} {'p99':>9} {'errors':>7} {'cpu':>7} {'cpu/req us':>10} {'others':>7}",
+           row("quiet", quiet), row("swapping", swapping),
+           f"  p99 swapping/quiet {ratio(swapping['p99'], quiet['p99'])} "
+           f"({'ok' if swapping['p99'] <= quiet['p99'] * 1.1 else 'MISS'} <= 1.10x); "
+           f"rps {ratio(swapping['rps'], quiet['rps'])}"]
+    return out
+
+
 def memory_table(memory: list) -> list:
     if not memory:
         return []
@@ -230,6 +247,7 @@ def main() -> None:
     cells = read_jsonl(out / "results.jsonl")
     memory = read_jsonl(out / "memory.jsonl")
     lines += throughput(cells)
+    lines += swap_table(cells, read_jsonl(out / "swaps.jsonl"))
     lines += memory_table(memory)
     lines += cost_table(read_jsonl(out / "cost.jsonl"))
     lines += targets(cells, memory)

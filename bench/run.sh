@@ -5,6 +5,7 @@
 #
 #   bench/run.sh [--quick] [--no-build] [--duration SECS] [--conns N] [--idle N]
 #                [--skip-throughput] [--skip-memory] [--skip-cost] [--skip-callgrind]
+#                [--skip-swaps] [--swap-services N]
 #                [--rounds N] [--wait-quiet SECS] [--nice N] [--profile]
 #
 # Everything listens on 127.0.0.1 only. Every process the script starts is stopped on exit,
@@ -27,6 +28,8 @@ Options:
   --skip-memory     no RSS phase
   --skip-cost       no per-request cost phase (CPU time, syscalls, instructions)
   --skip-callgrind  cost phase without callgrind (instructions per request)
+  --skip-swaps      no table-swap phase (p99 of limpet while its table is swapped 10 times a second)
+  --swap-services N filler services (10 servers each) in the swapped table (default 1000)
   --rounds N        run every wrk cell N times, interleaved; the report shows the median
   --wait-quiet SECS before each cell, wait up to SECS for other processes to go quiet
                     (on a shared machine; each cell records the others' CPU either way)
@@ -40,7 +43,7 @@ EOF
 
 ARGS="$*"
 QUICK=0 BUILD=1 DURATION="" CONNS=50 IDLE="" THROUGHPUT=1 MEMORY=1 COST=1 CALLGRIND=1 PROFILE=0
-ROUNDS=1 WAIT_QUIET=0 NICE=""
+ROUNDS=1 WAIT_QUIET=0 NICE="" SWAPS=1 SWAP_SERVICES=1000 SWAP_RATE=10
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -52,6 +55,8 @@ while [ $# -gt 0 ]; do
         --skip-memory) MEMORY=0 ;;
         --skip-cost) COST=0 ;;
         --skip-callgrind) CALLGRIND=0 ;;
+        --skip-swaps) SWAPS=0 ;;
+        --swap-services) SWAP_SERVICES=$2; shift ;;
         --profile) PROFILE=1 ;;
         --rounds) ROUNDS=$2; shift ;;
         --wait-quiet) WAIT_QUIET=$2; shift ;;
@@ -126,7 +131,8 @@ trap 'log "interrupted"; exit 130' INT TERM
 
 # The pids whose CPU and memory count for a target: nginx's master and its workers.
 pids_of() {
-    local pid=${PID_OF[$1]}
+    local pid=${PID_OF[$1]:-}
+    [ -n "$pid" ] || return 0
     echo "$pid" $(ps -o pid= --ppid "$pid" 2>/dev/null || true)
 }
 
@@ -324,7 +330,7 @@ cell() {
     local mode=$1 round=$2 size=$3 scenario=$4 target=$5
     local url="http://127.0.0.1:${PORT[$target]}/$size" cookie="" pids=() ours=() raw line waited
     local cpu0 cpu1 ours0 ours1 busy0 busy1 wrk0 wrk1
-    [ "$scenario" = pinned ] && [ "$target" != direct ] && cookie=${PIN_COOKIE[$target]}
+    case "$scenario" in pinned|quiet|swapping) [ "$target" != direct ] && cookie=${PIN_COOKIE[$target]} ;; esac
     if [ "$target" = direct ]; then pids=($(pids_of backend)); else pids=($(pids_of "$target")); fi
     ours=($(pids_of backend) $(for name in "${PROXIES[@]}"; do pids_of "$name"; done))
     raw="$OUT/raw/$mode-$scenario-$size-$target-r$round.txt"
@@ -347,6 +353,44 @@ warm() { # warm TARGET: a short load so pools and caches are filled before measu
 }
 
 # ---------------------------------------------------------------- phases
+
+# Table swaps under load (issue 6, item 2): limpet alone at 1 worker with the pinned 100 B
+# load, its table padded to SWAP_SERVICES services of 10 servers, measured with a quiet
+# control plane and then while the file changes SWAP_RATE times a second, each change a new
+# table built and swapped. Rounds interleave the two. The swaps limpet really made are
+# counted from its log ("publishing new routing table", one line per swap, never per request).
+swap_phase() {
+    local round swapper writes before after servers=$((SWAP_SERVICES * 10 + 2))
+    log "== table swaps: limpet, 1 worker, pinned 100 B, $SWAP_SERVICES extra services ($servers servers), $SWAP_RATE swaps/s =="
+    python3 "$BENCH_DIR/swap_table.py" --base "$RUN/limpet.toml" --out "$RUN/limpet-swap.toml" \
+        --services "$SWAP_SERVICES" --servers 10
+    LOAD_PIN=(taskset -c 1) WRK_THREADS=1
+    for name in $(pids_of backend); do taskset -a -p -c 1 "$name" >/dev/null; done
+    load_line swaps
+    launch limpet taskset -c 0 "$LIMPET" --entrypoint "127.0.0.1:${PORT[limpet]}" \
+        --file.filename "$RUN/limpet-swap.toml" --file.pollinterval 20ms --loglevel INFO --workers 1
+    wait_port "${PORT[limpet]}" 20 limpet
+    preflight limpet
+    warm limpet
+    for round in $(seq 1 "$ROUNDS"); do
+        cell swap "$round" 100b quiet limpet
+        before=$(grep -c 'publishing new routing table' "$OUT/logs/limpet.log" || true)
+        launch swapper taskset -c 1 python3 "$BENCH_DIR/swap_table.py" --base "$RUN/limpet.toml" \
+            --out "$RUN/limpet-swap.toml" --services "$SWAP_SERVICES" --servers 10 \
+            --rate "$SWAP_RATE" --duration $((DURATION + WARMUP + 2))
+        sleep "$WARMUP"
+        cell swap "$round" 100b swapping limpet
+        wait "${PID_OF[swapper]}" 2>/dev/null || true
+        unset "PID_OF[swapper]"
+        writes=$(sed -n 's/^WRITES //p' "$OUT/logs/swapper.log")
+        after=$(grep -c 'publishing new routing table' "$OUT/logs/limpet.log" || true)
+        printf '{"round": %d, "services": %d, "servers": %d, "rate": %s, "seconds": %d, "writes": %d, "swaps": %d}\n' \
+            "$round" "$((SWAP_SERVICES + 1))" "$servers" "$SWAP_RATE" $((DURATION + WARMUP + 2)) \
+            "${writes:-0}" $((after - before)) >>"$OUT/swaps.jsonl"
+        log "swaps: $((after - before)) tables published for ${writes:-0} file writes"
+    done
+    halt limpet
+}
 
 load_line() { log "load average: $(cut -d' ' -f1-3 /proc/loadavg) (before $1)"; echo "$1 $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg.txt"; }
 
@@ -567,6 +611,7 @@ if [ "$THROUGHPUT" = 1 ]; then
     throughput_phase 1
     throughput_phase default
 fi
+[ "$SWAPS" = 1 ] && swap_phase
 [ "$MEMORY" = 1 ] && memory_phase
 [ "$COST" = 1 ] && cost_phase
 load_line end
