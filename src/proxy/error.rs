@@ -25,14 +25,14 @@ pub enum ProxyError {
         service: String,
         fallback: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: super::clients::SendError,
     },
     #[error("service `{service}`: cannot connect to server {server}: {source}")]
     Connect {
         service: String,
         server: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: super::clients::SendError,
     },
     #[error("service `{service}`: server {server} did not answer within {timeout_ms} ms")]
     Timeout {
@@ -45,7 +45,7 @@ pub enum ProxyError {
         service: String,
         server: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: super::clients::SendError,
     },
     #[error(
         "service `{service}`: server {server} is at its connection limit and its queue is full"

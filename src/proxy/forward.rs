@@ -15,13 +15,13 @@ use http::{Method, Request, Response, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::{Error as ClientError, ResponseFuture};
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio::time::error::Elapsed;
 
 use super::body::{ReclaimBody, TrackedBody};
 use super::budget::{BodyError, Metered};
+use super::clients::{SendError as ClientError, Sending};
 use super::error::ProxyError;
 use super::headers::{add_forwarded, host_without_port, strip_hop_by_hop, ClientConn};
 use super::upload::Upload;
@@ -83,9 +83,9 @@ struct Choice {
 enum Outcome {
     Answered(Response<Incoming>),
     /// The connection could not be made: nothing was sent.
-    NotSent(hyper_util::client::legacy::Error),
+    NotSent(ClientError),
     /// The request may have reached the backend.
-    Sent(hyper_util::client::legacy::Error),
+    Sent(ClientError),
     TimedOut,
 }
 
@@ -404,7 +404,7 @@ type Prepared = Either<Metered<ReclaimBody>, Empty<bytes::Bytes>>;
 /// backend may answer before the upload ends (a 413, say); that answer is taken at once.
 async fn wait_for_headers(
     proxy: &Proxy,
-    sending: ResponseFuture,
+    sending: Sending,
     body_sent: Option<oneshot::Receiver<()>>,
 ) -> Result<Result<Response<Incoming>, ClientError>, Elapsed> {
     let timeout = proxy.settings.response_header_timeout;

@@ -8,6 +8,7 @@
 //! - `upload`: the request body towards a backend, reporting when it has been sent.
 //! - `budget`: the memory budget for bytes in transit.
 //! - `clients`: the client pools towards backends, per protocol.
+//! - `multiplex`: the HTTP/2 client, one shared connection per backend.
 //! - `error`: every failure, and the one place that maps failures to responses.
 
 mod body;
@@ -16,6 +17,7 @@ mod clients;
 mod error;
 mod forward;
 mod headers;
+mod multiplex;
 mod upload;
 
 pub use budget::{Budget, BudgetStats};

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use support::certs::{self_signed, Ca};
 use support::edge::{backend_tls, spawn_tls_backend, Speaks, TlsBackend};
-use support::{eventually, logs, spawn_limpet_with_file, Limpet};
+use support::{eventually, logs, spawn_limpet_with_file, Limpet, Req};
 
 /// A limpet routing `app.test` to `backend` with `protocol` and a `[backend_tls]` table.
 async fn limpet_for(backend: &TlsBackend, protocol: &str, backend_tls: &str) -> Limpet {
@@ -199,10 +199,44 @@ async fn h2_speaks_http2_over_tls_to_the_backend() {
     let seen = backend.requests().pop().expect("a request");
     assert_eq!(seen.target, "/two");
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    // The client's host, not the backend's address, as an HTTP/1.1 backend gets in Host.
+    assert_eq!(seen.authority.as_deref(), Some("app.test"));
+    assert_eq!(seen.header("host"), None, "no second copy of the authority");
     assert_eq!(
         backend.server_names().len(),
         1,
         "one pooled HTTP/2 connection carries every request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_backends_see_the_clients_authority_on_one_connection() {
+    let backend = spawn_tls_backend("b", Speaks::Plain).await;
+    let limpet = spawn_limpet_with_file(&format!(
+        "[services.api]\nrule = \"Host:app.test\"\nprotocol = \"h2c\"\n\
+         servers = [{{ url = \"{}\" }}]\n\n\
+         [services.raw]\nrule = \"Host:raw.test\"\nprotocol = \"h2c\"\n\
+         pass_host_header = false\nservers = [{{ url = \"{}\" }}]\n",
+        backend.url, backend.url
+    ))
+    .await;
+    for _ in 0..3 {
+        let reply = limpet.get("/one").await;
+        assert_eq!((reply.status.as_u16(), reply.text()), (200, "b HTTP/2.0"));
+    }
+    let seen = backend.requests().pop().expect("a request");
+    assert_eq!(seen.authority.as_deref(), Some("app.test"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("app.test"));
+
+    // With the client's host switched off, the backend's own address, as for HTTP/1.1.
+    let reply = limpet.send(Req::get("/two").host("raw.test")).await;
+    assert_eq!(reply.status.as_u16(), 200, "{reply:?}");
+    let seen = backend.requests().pop().expect("a request");
+    assert_eq!(seen.authority, Some(backend.addr.to_string()));
+    assert_eq!(
+        backend.connections(),
+        1,
+        "one HTTP/2 connection per backend carries every request, whatever their hosts"
     );
 }
 

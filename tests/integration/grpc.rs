@@ -66,6 +66,9 @@ const SAY: &str = "/test.Echo/Say";
 const COUNT: &str = "/test.Echo/Count";
 const CHAT: &str = "/test.Echo/Chat";
 
+/// Where the server's record of a call keeps the `:authority` it arrived with.
+const SEEN_AUTHORITY: &str = "x-test-seen-authority";
+
 /// The tonic server: answers with its name, records each call's metadata, and reports
 /// calls that were cancelled before they finished.
 #[derive(Clone)]
@@ -91,7 +94,15 @@ impl Service<http::Request<tonic::body::Body>> for Echo {
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let echo = self.clone();
         Box::pin(async move {
-            echo.calls.lock().unwrap().push(req.headers().clone());
+            // The call's `:authority` is kept with its metadata, under a name no client sends.
+            let mut seen = req.headers().clone();
+            if let Some(authority) = req.uri().authority() {
+                seen.insert(
+                    SEEN_AUTHORITY,
+                    authority.as_str().parse().expect("a header-safe authority"),
+                );
+            }
+            echo.calls.lock().unwrap().push(seen);
             Ok(match req.uri().path() {
                 SAY => {
                     let codec = ProstCodec::<SayReply, SayRequest>::default();
@@ -389,6 +400,7 @@ async fn unary_and_server_streaming_calls_over_tls() {
     assert_eq!(seen["content-type"], "application/grpc");
     assert_eq!(seen["te"], "trailers", "gRPC needs TE: trailers end to end");
     assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen[SEEN_AUTHORITY], "grpc.test", "the client's authority");
 
     let mut client = tonic::client::Grpc::new(channel.clone());
     client.ready().await.unwrap();
@@ -635,6 +647,7 @@ async fn h2c_on_the_plain_entrypoint_carries_grpc_too() {
         .expect("an h2c connection");
     let reply = say(&channel, Request::new(text("plain"))).await.unwrap();
     assert_eq!(reply.get_ref().backend, "s1");
+    assert_eq!(server.last_call()[SEEN_AUTHORITY], "grpc.test");
     assert_eq!(server.last_call()["x-forwarded-proto"], "http");
 }
 
@@ -705,6 +718,11 @@ async fn grpc_to_a_tls_backend_with_protocol_h2() {
         .await
         .expect("OK");
     assert_eq!(reply.get_ref().backend, "s1");
+    assert_eq!(
+        server.last_call()[SEEN_AUTHORITY],
+        "grpc.test",
+        "the client's authority, not the backend's address"
+    );
     let status = say(
         &channel,
         Request::new(SayRequest {

@@ -282,6 +282,8 @@ pub struct TlsBackend {
     handshake_failures: Arc<AtomicUsize>,
     /// The server name each TLS client asked for.
     names: Arc<Mutex<Vec<Option<String>>>>,
+    /// TCP connections accepted so far.
+    accepted: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -298,6 +300,11 @@ impl TlsBackend {
     /// The SNI of every TLS connection accepted so far.
     pub fn server_names(&self) -> Vec<Option<String>> {
         self.names.lock().unwrap().clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 }
 
@@ -348,6 +355,8 @@ pub async fn spawn_tls_backend(name: &str, speaks: Speaks) -> TlsBackend {
     let requests = Arc::new(Mutex::new(Vec::new()));
     let handshake_failures = Arc::new(AtomicUsize::new(0));
     let names = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
     let acceptor = match speaks {
         Speaks::Plain => None,
         Speaks::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config)),
@@ -364,6 +373,7 @@ pub async fn spawn_tls_backend(name: &str, speaks: Speaks) -> TlsBackend {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            counted.fetch_add(1, Ordering::SeqCst);
             let (seen, failures, own) = (Arc::clone(&seen), Arc::clone(&failures), own.clone());
             let sni = Arc::clone(&sni);
             let acceptor = acceptor.clone();
@@ -401,6 +411,7 @@ pub async fn spawn_tls_backend(name: &str, speaks: Speaks) -> TlsBackend {
         requests,
         handshake_failures,
         names,
+        accepted,
         task,
     }
 }
@@ -414,6 +425,7 @@ fn answer(name: &str, seen: &Mutex<Vec<Seen>>, req: Request<Incoming>) -> Respon
         method: req.method().clone(),
         target,
         headers: req.headers().clone(),
+        authority: req.uri().authority().map(ToString::to_string),
     });
     let mut response = Response::new(Full::new(Bytes::from(format!(
         "{name} {:?}",
