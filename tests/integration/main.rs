@@ -10,6 +10,7 @@ mod backend_tls;
 mod balancing;
 mod bodies;
 mod cli;
+mod client_timeouts;
 mod file_reload;
 mod grpc;
 mod headers;
