@@ -10,7 +10,7 @@
 
 mod probe;
 
-pub use probe::{probe, ProbeError, ProbeTarget};
+pub use probe::{probe, ProbeError, ProbeTarget, ProbeTls};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,6 +103,7 @@ struct Job {
 impl Job {
     async fn run(self) {
         let mut streak = Streak::default();
+        let mut tls = ProbeTls::default();
         loop {
             // Passive health takes a monitored server out behind the monitor's back
             // (`mark_down_until_probed`). The streak must learn of it, or, believing the
@@ -111,7 +112,7 @@ impl Job {
             if self.state.probe() == PROBE_DOWN {
                 streak.taken_out();
             }
-            let result = probe(&self.target, &self.check).await;
+            let result = probe(&self.target, &self.check, &mut tls).await;
             let verdict = streak.record(result.is_ok(), self.check.rise, self.check.fall);
             if let Some(up) = verdict {
                 let before = self.state.probe();

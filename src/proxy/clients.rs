@@ -11,8 +11,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
@@ -24,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::multiplex::{Dialer, H2Client, H2Error};
 use super::{ProxySettings, UpstreamBody};
 use crate::table::spec::{BackendProtocol, BackendTls};
-use crate::tls::backend::{client_config, BackendTlsError};
+use crate::tls::backend::{client_config, BackendTlsError, FilesStamp};
 
 /// One client, whatever its connector.
 pub enum Upstream {
@@ -83,12 +85,26 @@ impl SendError {
 
 type Key = (BackendProtocol, BackendTls);
 
+/// How often a TLS client's files are looked at for changes; as often as the entrypoint's
+/// own certificates.
+const TLS_FILES_RECHECK: Duration = Duration::from_secs(2);
+
+/// A client that is not plain HTTP/1.1, with what it was built from.
+struct Built {
+    upstream: ArcSwap<Upstream>,
+    /// The TLS files as last seen, whether or not they could be used.
+    seen: Mutex<FilesStamp>,
+    /// When to look at the files again (ms since the clients were made).
+    recheck_at: AtomicU64,
+}
+
 pub struct Clients {
     http1: Client<HttpConnector, UpstreamBody>,
-    others: ArcSwap<HashMap<Key, Arc<Upstream>>>,
+    others: ArcSwap<HashMap<Key, Arc<Built>>>,
     /// Serialises building new clients, which is rare; lookups never take it.
     building: Mutex<()>,
     settings: ProxySettings,
+    born: Instant,
 }
 
 impl Clients {
@@ -98,6 +114,7 @@ impl Clients {
             others: ArcSwap::from_pointee(HashMap::new()),
             building: Mutex::new(()),
             settings: settings.clone(),
+            born: Instant::now(),
         }
     }
 
@@ -112,18 +129,66 @@ impl Clients {
             return Ok(Sending::Pooled(self.http1.request(req)));
         }
         let key = (protocol, tls.clone());
-        if let Some(client) = self.others.load().get(&key) {
-            return Ok(client.request(req));
+        if let Some(built) = self.others.load().get(&key) {
+            if protocol.uses_tls() {
+                self.refresh(built, protocol, tls);
+            }
+            return Ok(built.upstream.load().request(req));
         }
         let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = self.others.load().get(&key) {
-            return Ok(client.request(req));
+        if let Some(built) = self.others.load().get(&key) {
+            return Ok(built.upstream.load().request(req));
         }
-        let client = Arc::new(self.build(protocol, tls)?);
+        // Stamped before reading, so that a change during the build is seen next time.
+        let seen = tls.stamp();
+        let upstream = self.build(protocol, tls)?;
+        let built = Arc::new(Built {
+            upstream: ArcSwap::from_pointee(upstream),
+            seen: Mutex::new(seen),
+            recheck_at: AtomicU64::new(self.now_ms() + TLS_FILES_RECHECK.as_millis() as u64),
+        });
         let mut map = HashMap::clone(&self.others.load());
-        map.insert(key, Arc::clone(&client));
+        map.insert(key, Arc::clone(&built));
         self.others.store(Arc::new(map));
-        Ok(client.request(req))
+        Ok(built.upstream.load().request(req))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Rebuilds a TLS client whose CA bundle or client certificate files changed. New
+    /// connections use the new files; requests under way finish on the old ones. Files that
+    /// cannot be used are reported once, and the client built from the previous ones stays.
+    fn refresh(&self, built: &Built, protocol: BackendProtocol, tls: &BackendTls) {
+        let now = self.now_ms();
+        if now < built.recheck_at.load(Ordering::Relaxed) {
+            return;
+        }
+        // One request looks; the others go on with the client they have.
+        let Ok(mut seen) = built.seen.try_lock() else {
+            return;
+        };
+        built.recheck_at.store(
+            now + TLS_FILES_RECHECK.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        let stamp = tls.stamp();
+        if stamp == *seen {
+            return;
+        }
+        *seen = stamp;
+        match self.build(protocol, tls) {
+            Ok(upstream) => {
+                built.upstream.store(Arc::new(upstream));
+                tracing::info!(files = %tls.describe_files(), "backend TLS files changed; new connections use them");
+            }
+            Err(e) => tracing::warn!(
+                files = %tls.describe_files(),
+                error = %crate::report(&e),
+                "backend TLS files changed but cannot be used; keeping the previous ones"
+            ),
+        }
     }
 
     fn build(

@@ -6,10 +6,13 @@
 use crate::support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use support::certs::{self_signed, Ca};
 use support::edge::{backend_tls, spawn_tls_backend, Speaks, TlsBackend};
-use support::{eventually, logs, spawn_limpet_with_file, Limpet, Req};
+use support::{
+    eventually, logs, spawn_limpet, spawn_limpet_with_file, within, Limpet, Options, Req,
+};
 
 /// A limpet routing `app.test` to `backend` with `protocol` and a `[backend_tls]` table.
 async fn limpet_for(backend: &TlsBackend, protocol: &str, backend_tls: &str) -> Limpet {
@@ -255,4 +258,70 @@ async fn an_unreadable_ca_bundle_is_a_502_naming_the_file() {
         logs::count(&["WARN", "`api`", &named]) > 0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_ca_bundle_is_picked_up_and_a_bad_one_is_not() {
+    logs::capture();
+    let ca = Ca::new("reload-ca");
+    let stranger = Ca::new("reload-stranger");
+    let leaf = ca.server("backend", &["127.0.0.1"]);
+    let backend =
+        spawn_tls_backend("b", Speaks::Tls(backend_tls(&leaf, None, &[b"http/1.1"]))).await;
+    // limpet's own copy of the bundle, which the test replaces as a secret update would.
+    let bundle = stranger.dir.path().join("bundle.pem");
+    let replace = |pem: &str| {
+        let aside = bundle.with_extension("new");
+        std::fs::write(&aside, pem).unwrap();
+        std::fs::rename(&aside, &bundle).unwrap();
+    };
+    replace(&stranger.pem);
+    let mut options = Options::default();
+    // Pooled connections go quickly, so that later requests need new handshakes.
+    options.proxy.idle_conn_timeout = Duration::from_millis(100);
+    let limpet = spawn_limpet(
+        &format!(
+            "{}\n[services.api.passive_health]\nmax_failures = 1000\n",
+            config(&backend, "https", &format!("ca = \"{}\"", path(&bundle)))
+        ),
+        options,
+    )
+    .await;
+    assert_eq!(
+        limpet.get("/").await.status,
+        502,
+        "the bundle does not know the CA"
+    );
+
+    replace(&ca.pem);
+    within("limpet to trust the replaced bundle", async {
+        while limpet.get("/").await.status != 200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    eventually("a log line naming the new files", || {
+        logs::count(&["INFO", "backend TLS files changed", &path(&bundle)]) > 0
+    })
+    .await;
+
+    // A bundle that cannot be used: said once, and the previous one stays, for new
+    // connections too. Files are looked at when the client is used.
+    replace("not a certificate\n");
+    let before = backend.connections();
+    within("a warning, then a request on a new connection", async {
+        while backend.connections() == before
+            || logs::count(&["WARN", "cannot be used", &path(&bundle)]) == 0
+        {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let reply = limpet.get("/").await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+    })
+    .await;
+    assert_eq!(
+        logs::count(&["WARN", "cannot be used", &path(&bundle)]),
+        1,
+        "the bad file is reported once, not on every request"
+    );
 }
