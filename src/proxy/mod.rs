@@ -4,6 +4,7 @@
 //! It reads the table, and nothing else, from the control plane: one atomic load per request.
 //!
 //! - `forward`: one request, from routing to the response (stickiness, retry, rewriting).
+//! - `grpc`: deadlines and error statuses for gRPC calls.
 //! - `headers`: hop-by-hop and `X-Forwarded-*` headers.
 //! - `upload`: the request body towards a backend, reporting when it has been sent.
 //! - `budget`: the memory budget for bytes in transit.
@@ -18,6 +19,7 @@ mod client_timeouts;
 mod clients;
 mod error;
 mod forward;
+mod grpc;
 mod headers;
 mod multiplex;
 mod upload;

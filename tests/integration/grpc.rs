@@ -60,6 +60,9 @@ struct CountRequest {
     /// After this many messages, end with an error status instead (0: never).
     #[prost(uint32, tag = "2")]
     fail_after: u32,
+    /// Time between messages (0: all at once).
+    #[prost(uint32, tag = "3")]
+    interval_ms: u32,
 }
 
 const SAY: &str = "/test.Echo/Say";
@@ -207,7 +210,17 @@ impl tonic::server::ServerStreamingService<CountRequest> for Count {
                     backend: name.clone(),
                 }));
             }
-            let stream: BoxStream<SayReply> = Box::pin(futures_util::stream::iter(items));
+            let interval = Duration::from_millis(msg.interval_ms.into());
+            let paced = futures_util::StreamExt::then(
+                futures_util::stream::iter(items.into_iter().enumerate()),
+                move |(i, item)| async move {
+                    if i > 0 {
+                        tokio::time::sleep(interval).await;
+                    }
+                    item
+                },
+            );
+            let stream: BoxStream<SayReply> = Box::pin(paced);
             Ok(Response::new(stream))
         })
     }
@@ -410,6 +423,7 @@ async fn unary_and_server_streaming_calls_over_tls() {
             Request::new(CountRequest {
                 count: 5,
                 fail_after: 0,
+                interval_ms: 0,
             }),
             COUNT.parse().unwrap(),
             ProstCodec::<CountRequest, SayReply>::default(),
@@ -464,6 +478,7 @@ async fn error_statuses_and_their_trailers_arrive_intact() {
             Request::new(CountRequest {
                 count: 10,
                 fail_after: 3,
+                interval_ms: 0,
             }),
             COUNT.parse().unwrap(),
             ProstCodec::<CountRequest, SayReply>::default(),
@@ -784,4 +799,156 @@ async fn a_long_stream_may_carry_more_than_the_largest_request_body() {
         assert_eq!(reply.text.len(), chunk.len() + 4);
         tx.send(text(&chunk)).unwrap();
     }
+}
+
+/// limpet in front of one h2c tonic server, waiting `header_timeout` for response headers.
+async fn limpet_with_header_timeout(ca: &Ca, server: &Server, header_timeout: Duration) -> Edge {
+    let leaf = ca.server("grpc", &["grpc.test"]);
+    let mut options = EdgeOptions::new(vec![leaf.files]);
+    options.proxy.response_header_timeout = header_timeout;
+    spawn_edge(
+        &format!(
+            "[services.grpc]\nrule = \"Host:grpc.test\"\nprotocol = \"h2c\"\nservers = {}\n",
+            support::servers(&[&server.url])
+        ),
+        options,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outlasting_the_response_header_timeout_is_not_cut() {
+    let ca = Ca::new("grpc-long-stream");
+    let server = spawn_server("s1").await;
+    let edge = limpet_with_header_timeout(&ca, &server, Duration::from_millis(300)).await;
+    let channel = channel(&edge, &ca).await;
+    let mut client = tonic::client::Grpc::new(channel.clone());
+    client.ready().await.unwrap();
+    // Headers at once, then eight messages over about a second: the timeout is for the
+    // headers, not for the call.
+    let mut stream = within(
+        "the stream to start",
+        client.server_streaming(
+            Request::new(CountRequest {
+                count: 8,
+                fail_after: 0,
+                interval_ms: 150,
+            }),
+            COUNT.parse().unwrap(),
+            ProstCodec::<CountRequest, SayReply>::default(),
+        ),
+    )
+    .await
+    .expect("the stream starts")
+    .into_inner();
+    let mut got = Vec::new();
+    while let Some(item) = within("a message", stream.message())
+        .await
+        .expect("no error")
+    {
+        got.push(item.text);
+    }
+    assert_eq!(got, ["0", "1", "2", "3", "4", "5", "6", "7"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_deadline_bounds_the_wait_for_headers_instead_of_the_timeout() {
+    let ca = Ca::new("grpc-deadline-wait");
+    let server = spawn_server("s1").await;
+    let edge = limpet_with_header_timeout(&ca, &server, Duration::from_millis(300)).await;
+    let channel = channel(&edge, &ca).await;
+
+    // A unary call sends its headers with its answer, after the work; the client allows
+    // longer than limpet's header timeout, and gets its answer.
+    let mut request = Request::new(SayRequest {
+        work_ms: 900,
+        ..text("patient")
+    });
+    request.set_timeout(Duration::from_secs(8));
+    let reply = say(&channel, request)
+        .await
+        .expect("answered within the deadline");
+    assert_eq!(reply.get_ref().text, "patient");
+
+    // Without a deadline, limpet's header timeout ends the call, with a gRPC status the
+    // client can act on, and the server's work is cancelled.
+    let status = say(
+        &channel,
+        Request::new(SayRequest {
+            work_ms: 60_000,
+            ..text("forever")
+        }),
+    )
+    .await
+    .expect_err("cut by the header timeout");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("did not answer within 300 ms"),
+        "{status:?}"
+    );
+    assert_eq!(server.cancellation().await, "forever");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_passed_while_waiting_is_deadline_exceeded() {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use prost::Message as _;
+
+    let ca = Ca::new("grpc-deadline-status");
+    let server = spawn_server("s1").await;
+    let leaf = ca.server("grpc", &["grpc.test"]);
+    let mut options = EdgeOptions::new(vec![leaf.files]);
+    options.h2c = true;
+    let edge = spawn_edge(
+        &format!(
+            "[services.grpc]\nrule = \"Host:grpc.test\"\nprotocol = \"h2c\"\nservers = {}\n",
+            support::servers(&[&server.url])
+        ),
+        options,
+    )
+    .await;
+    // A bare HTTP/2 client, which, unlike tonic, does not enforce the deadline it sends:
+    // what comes back is limpet's answer.
+    let stream = tokio::net::TcpStream::connect(edge.plain).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(connection);
+    let message = SayRequest {
+        work_ms: 60_000,
+        ignore_deadline: true,
+        ..text("late")
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend((message.len() as u32).to_be_bytes());
+    frame.extend(message);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://grpc.test{SAY}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(Full::new(bytes::Bytes::from(frame)))
+        .unwrap();
+    let response = within("limpet's answer", sender.send_request(request))
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), 200, "gRPC failures travel as statuses");
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert_eq!(
+        headers["grpc-status"], "4",
+        "DEADLINE_EXCEEDED: {headers:?}"
+    );
+    assert!(
+        headers["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("deadline (300 ms)"),
+        "{headers:?}"
+    );
+    assert_eq!(server.cancellation().await, "late");
 }
