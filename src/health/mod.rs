@@ -1,5 +1,5 @@
-//! Active health monitors (control plane): probes every server of every service that has a
-//! health check, and records the verdict in the server's runtime state, where the data plane
+//! Active health monitors (control plane): probes every server of every service, and of
+//! every TCP route, that has a health check, and records the verdict in the server's runtime state, where the data plane
 //! reads it. Nothing here touches a request.
 //!
 //! A supervisor follows the published table and keeps exactly one probe loop per
@@ -60,6 +60,32 @@ pub async fn supervise(table: SharedTable, instance: String) {
                     );
                 }
             }
+            // TCP routes: a connect probe per server, as for a service's `type = tcp` check.
+            for route in current.l4.iter() {
+                let Some(check) = &route.health_check else {
+                    continue;
+                };
+                for server in route.servers.iter() {
+                    let key = Key {
+                        server: server.id.to_string(),
+                        check: format!("{check:?}"),
+                    };
+                    wanted.insert(
+                        key,
+                        Job {
+                            target: ProbeTarget {
+                                authority: server.addr.to_string(),
+                                service: route.name.to_string(),
+                                server: server.id.to_string(),
+                                instance: instance.clone(),
+                                tls: Default::default(),
+                            },
+                            check: check.clone(),
+                            state: Arc::clone(&server.state),
+                        },
+                    );
+                }
+            }
             running.retain(|key, handle| {
                 let keep = wanted.contains_key(key);
                 if !keep {
@@ -80,6 +106,11 @@ pub async fn supervise(table: SharedTable, instance: String) {
         // just as its loop is stopped cannot leave a verdict behind.
         for service in current.services.iter().filter(|s| s.health_check.is_none()) {
             for server in service.servers.iter() {
+                server.state.clear_probe();
+            }
+        }
+        for route in current.l4.iter().filter(|r| r.health_check.is_none()) {
+            for server in route.servers.iter() {
                 server.state.clear_probe();
             }
         }
