@@ -148,6 +148,7 @@ struct FileService {
     protocol: Option<String>,
     backend_tls: Option<FileBackendTls>,
     affinity_header: Option<String>,
+    response_header_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -473,6 +474,11 @@ fn convert(name: &str, svc: FileService) -> Result<ServiceSpec, String> {
             protocol,
             backend_tls,
             affinity_header: svc.affinity_header.clone().filter(|h| !h.trim().is_empty()),
+            response_header_timeout: svc
+                .response_header_timeout
+                .as_deref()
+                .map(|t| positive(t, "response_header_timeout"))
+                .transpose()?,
         },
         l4: Vec::new(),
     })

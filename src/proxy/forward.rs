@@ -117,7 +117,6 @@ async fn forward(
     // A gRPC client that set a deadline waits that long, longer or shorter than limpet's
     // header timeout: a unary call's headers come only with its answer.
     let deadline = grpc.then(|| grpc::deadline(req.headers())).flatten();
-    let header_timeout = deadline.unwrap_or(proxy.settings.response_header_timeout);
     if let Some(len) = req.body().size_hint().exact() {
         if max_body.is_some_and(|max| len > max) {
             return Err(ProxyError::TooLarge {
@@ -195,6 +194,10 @@ async fn forward(
         parts.headers.insert(header::UPGRADE, protocol.clone());
     }
     add_forwarded(&mut parts.headers, &conn, host_header.as_ref());
+
+    let header_timeout = deadline
+        .or(service.response_header_timeout)
+        .unwrap_or(proxy.settings.response_header_timeout);
 
     let retry = &service.retry;
     let retries_possible = retry.attempts > 0 && service.servers.len() > 1;

@@ -952,3 +952,33 @@ async fn a_deadline_passed_while_waiting_is_deadline_exceeded() {
     );
     assert_eq!(server.cancellation().await, "late");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_own_header_timeout_replaces_the_global_one() {
+    let ca = Ca::new("grpc-service-timeout");
+    let server = spawn_server("s1").await;
+    let leaf = ca.server("grpc", &["grpc.test"]);
+    let mut options = EdgeOptions::new(vec![leaf.files]);
+    options.proxy.response_header_timeout = Duration::from_millis(300);
+    let edge = spawn_edge(
+        &format!(
+            "[services.grpc]\nrule = \"Host:grpc.test\"\nprotocol = \"h2c\"\n\
+             response_header_timeout = \"5s\"\nservers = {}\n",
+            support::servers(&[&server.url])
+        ),
+        options,
+    )
+    .await;
+    let channel = channel(&edge, &ca).await;
+    // No deadline, work longer than the global timeout, shorter than the service's.
+    let reply = say(
+        &channel,
+        Request::new(SayRequest {
+            work_ms: 900,
+            ..text("slow service")
+        }),
+    )
+    .await
+    .expect("answered within the service's timeout");
+    assert_eq!(reply.get_ref().text, "slow service");
+}
