@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -58,14 +59,36 @@ pub enum Dialer {
     },
 }
 
-/// One backend's connection; `None` until the first request, or after it closed.
+/// One backend's connection. Requests take a clone of its sender under a short lock that is
+/// never held across an await; dialling is serialised apart, so that requests arriving
+/// meanwhile wait for that one connection instead of each opening its own.
 #[derive(Default)]
 struct Slot {
-    sender: Option<SendRequest<UpstreamBody>>,
-    last_used: Option<Instant>,
+    current: Mutex<Current>,
+    dialling: tokio::sync::Mutex<()>,
+    /// When a request last took the connection (ms since the client was made).
+    last_used: AtomicU64,
 }
 
-type Shared = Arc<tokio::sync::Mutex<Slot>>;
+/// The connection and its generation, which tells a request whose connection failed whether
+/// another has replaced it already.
+#[derive(Default)]
+struct Current {
+    sender: Option<SendRequest<UpstreamBody>>,
+    generation: u64,
+}
+
+impl Slot {
+    /// The open connection, unless it is the generation `failed`.
+    fn open(&self, failed: Option<u64>) -> Option<(SendRequest<UpstreamBody>, u64)> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = current.sender.as_ref()?;
+        (!sender.is_closed() && Some(current.generation) != failed)
+            .then(|| (sender.clone(), current.generation))
+    }
+}
+
+type Shared = Arc<Slot>;
 
 pub struct H2Client {
     dialer: Dialer,
@@ -73,6 +96,7 @@ pub struct H2Client {
     /// An unused connection is closed after this long, as the pooled clients do.
     idle_timeout: Duration,
     slots: Mutex<HashMap<Authority, Shared>>,
+    born: Instant,
 }
 
 impl H2Client {
@@ -82,6 +106,7 @@ impl H2Client {
             dial_timeout,
             idle_timeout,
             slots: Mutex::new(HashMap::new()),
+            born: Instant::now(),
         })
     }
 
@@ -135,21 +160,26 @@ impl H2Client {
 
         let slot = self.slot(&addr);
         // A connection that went away between requests (GOAWAY, idle close by the backend)
-        // hands the request back unsent: it is sent once more on a fresh connection.
-        for fresh in [false, true] {
-            let mut sender = self.sender(&slot, &addr, fresh).await?;
+        // hands the request back unsent: it is sent once more on another connection.
+        let mut failed = None;
+        loop {
+            let (mut sender, generation) = self.sender(&slot, &addr, failed).await?;
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) if !fresh => {
+                    Some(unsent) if failed.is_none() => {
                         tracing::debug!(backend = %addr, error = %e.error(), "HTTP/2 connection not usable; reconnecting");
                         req = unsent;
+                        failed = Some(generation);
                     }
                     _ => return Err(H2Error::Exchange(e.into_error())),
                 },
             }
         }
-        unreachable!("the second attempt always returns")
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
     }
 
     fn slot(self: &Arc<Self>, addr: &Authority) -> Shared {
@@ -157,30 +187,35 @@ impl H2Client {
         Arc::clone(slots.entry(addr.clone()).or_default())
     }
 
-    /// The backend's connection, dialled when there is none, it closed, or `fresh` is asked.
-    /// Requests arriving while it is dialled wait for that one connection.
+    /// The backend's connection, dialled when there is none, it closed, or it is the
+    /// generation that just `failed`.
     async fn sender(
         self: &Arc<Self>,
         slot: &Shared,
         addr: &Authority,
-        fresh: bool,
-    ) -> Result<SendRequest<UpstreamBody>, H2Error> {
-        let mut guard = slot.lock().await;
-        guard.last_used = Some(Instant::now());
-        if let Some(sender) = &guard.sender {
-            if !fresh && !sender.is_closed() {
-                return Ok(sender.clone());
-            }
+        failed: Option<u64>,
+    ) -> Result<(SendRequest<UpstreamBody>, u64), H2Error> {
+        slot.last_used.store(self.now_ms(), Ordering::Relaxed);
+        if let Some(open) = slot.open(failed) {
+            return Ok(open);
         }
-        guard.sender = None;
+        let _dialling = slot.dialling.lock().await;
+        // Dialled by another request while this one waited.
+        if let Some(open) = slot.open(failed) {
+            return Ok(open);
+        }
         let sender = self.dial(addr).await.map_err(|source| H2Error::Dial {
             addr: addr.to_string(),
             source,
         })?;
-        guard.sender = Some(sender.clone());
-        drop(guard);
-        self.reap_when_idle(addr.clone(), Arc::downgrade(slot));
-        Ok(sender)
+        let generation = {
+            let mut current = slot.current.lock().unwrap_or_else(|e| e.into_inner());
+            current.sender = Some(sender.clone());
+            current.generation += 1;
+            current.generation
+        };
+        self.reap_when_idle(addr.clone(), Arc::downgrade(slot), generation);
+        Ok((sender, generation))
     }
 
     async fn dial(&self, addr: &Authority) -> Result<SendRequest<UpstreamBody>, DialError> {
@@ -214,30 +249,39 @@ impl H2Client {
 
     /// Drops the backend's connection once unused for the idle timeout; its streams still
     /// open finish first (hyper closes the connection when the last sender is gone and its
-    /// streams are done).
-    fn reap_when_idle(self: &Arc<Self>, addr: Authority, slot: Weak<tokio::sync::Mutex<Slot>>) {
+    /// streams are done). One reaper per connection; it ends with its connection.
+    fn reap_when_idle(self: &Arc<Self>, addr: Authority, slot: Weak<Slot>, generation: u64) {
         let client = Arc::downgrade(self);
-        let idle = self.idle_timeout;
+        let idle = self.idle_timeout.as_millis() as u64;
         tokio::spawn(async move {
             let mut wait = idle;
             loop {
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(Duration::from_millis(wait)).await;
                 let (Some(slot), Some(client)) = (slot.upgrade(), client.upgrade()) else {
                     return;
                 };
-                let mut guard = slot.lock().await;
-                let Some(sender) = &guard.sender else { return };
-                let unused_for = guard.last_used.map_or(idle, |t| t.elapsed());
-                if sender.is_closed() || unused_for >= idle {
-                    guard.sender = None;
-                    drop(guard);
-                    let mut slots = client.slots.lock().unwrap_or_else(|e| e.into_inner());
-                    if slots.get(&addr).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-                        slots.remove(&addr);
+                let unused_for = client
+                    .now_ms()
+                    .saturating_sub(slot.last_used.load(Ordering::Relaxed));
+                {
+                    let mut current = slot.current.lock().unwrap_or_else(|e| e.into_inner());
+                    let Some(sender) = &current.sender else {
+                        return;
+                    };
+                    if current.generation != generation {
+                        return;
                     }
-                    return;
+                    if !sender.is_closed() && unused_for < idle {
+                        wait = idle - unused_for;
+                        continue;
+                    }
+                    current.sender = None;
                 }
-                wait = idle - unused_for;
+                let mut slots = client.slots.lock().unwrap_or_else(|e| e.into_inner());
+                if slots.get(&addr).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                    slots.remove(&addr);
+                }
+                return;
             }
         });
     }

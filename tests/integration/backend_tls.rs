@@ -325,3 +325,32 @@ async fn a_replaced_ca_bundle_is_picked_up_and_a_bad_one_is_not() {
         "the bad file is reported once, not on every request"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_backend_connection_is_closed_and_redialled_on_demand() {
+    let backend = spawn_tls_backend("b", Speaks::Plain).await;
+    let mut options = Options::default();
+    options.proxy.idle_conn_timeout = Duration::from_millis(200);
+    let limpet = spawn_limpet(
+        &format!(
+            "[services.api]\nrule = \"Host:app.test\"\nprotocol = \"h2c\"\n\
+             servers = [{{ url = \"{}\" }}]\n",
+            backend.url
+        ),
+        options,
+    )
+    .await;
+    assert_eq!(limpet.get("/").await.status, 200);
+    assert_eq!(backend.connections(), 1);
+    eventually("limpet to close its idle connection", || {
+        backend.open_connections() == 0
+    })
+    .await;
+    let reply = limpet.get("/again").await;
+    assert_eq!((reply.status.as_u16(), reply.text()), (200, "b HTTP/2.0"));
+    assert_eq!(
+        backend.connections(),
+        2,
+        "a new connection for the next request"
+    );
+}

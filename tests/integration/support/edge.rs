@@ -284,6 +284,8 @@ pub struct TlsBackend {
     names: Arc<Mutex<Vec<Option<String>>>>,
     /// TCP connections accepted so far.
     accepted: Arc<AtomicUsize>,
+    /// TCP connections open now.
+    open: Arc<AtomicUsize>,
     /// The status `/health` answers.
     health: Arc<AtomicU16>,
     task: JoinHandle<()>,
@@ -307,6 +309,11 @@ impl TlsBackend {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Makes `/health` answer `status` (200 at first).
@@ -364,6 +371,8 @@ pub async fn spawn_tls_backend(name: &str, speaks: Speaks) -> TlsBackend {
     let names = Arc::new(Mutex::new(Vec::new()));
     let accepted = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&accepted);
+    let open = Arc::new(AtomicUsize::new(0));
+    let open_now = Arc::clone(&open);
     let health = Arc::new(AtomicU16::new(200));
     let health_status = Arc::clone(&health);
     let acceptor = match speaks {
@@ -383,6 +392,8 @@ pub async fn spawn_tls_backend(name: &str, speaks: Speaks) -> TlsBackend {
                 continue;
             };
             counted.fetch_add(1, Ordering::SeqCst);
+            let open_now = Arc::clone(&open_now);
+            open_now.fetch_add(1, Ordering::SeqCst);
             let (seen, failures, own) = (Arc::clone(&seen), Arc::clone(&failures), own.clone());
             let health = Arc::clone(&health_status);
             let sni = Arc::clone(&sni);
@@ -412,6 +423,7 @@ pub async fn spawn_tls_backend(name: &str, speaks: Speaks) -> TlsBackend {
                         }
                     },
                 }
+                open_now.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
@@ -423,6 +435,7 @@ pub async fn spawn_tls_backend(name: &str, speaks: Speaks) -> TlsBackend {
         handshake_failures,
         names,
         accepted,
+        open,
         health,
         task,
     }
