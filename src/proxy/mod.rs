@@ -25,8 +25,6 @@ mod multiplex;
 mod upload;
 
 pub use budget::{Budget, BudgetStats};
-
-use client_timeouts::{Activity, Held, Watchdog, Watched};
 pub use error::ProxyError;
 pub use headers::ClientConn;
 
@@ -44,6 +42,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::discovery::SharedTable;
+use client_timeouts::{Activity, Held, Watchdog, Watched};
 
 /// Response bodies: streamed from the backend (charged to the memory budget), or a short one
 /// limpet wrote itself.
