@@ -119,6 +119,18 @@ pub struct Cli {
     #[arg(long = "idletimeout", env = "LIMPET_IDLETIMEOUT", default_value = "90s", value_parser = parse_duration, value_name = "DURATION")]
     idle_timeout: Duration,
 
+    /// Time a client gets to send a complete HTTP/1 request head, from connecting or from
+    /// the head's first byte; the connection is closed after (slowloris). HAProxy's
+    /// `timeout http-request`, Go's `ReadHeaderTimeout`. 0 switches it off.
+    #[arg(long = "respondingtimeouts.readheadertimeout", env = "LIMPET_READHEADERTIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    read_header_timeout: Duration,
+
+    /// Time a client connection may stay open with no request in flight (HTTP/1 keep-alive
+    /// and HTTP/2 alike). Traefik's `respondingTimeouts.idleTimeout`, HAProxy's
+    /// `timeout http-keep-alive`. 0 switches it off.
+    #[arg(long = "respondingtimeouts.idletimeout", env = "LIMPET_CLIENT_IDLETIMEOUT", default_value = "180s", value_parser = parse_duration, value_name = "DURATION")]
+    client_idle_timeout: Duration,
+
     /// Time in-flight requests get to finish on shutdown.
     #[arg(long = "lifecycle.gracetimeout", env = "LIMPET_GRACETIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     grace_timeout: Duration,
@@ -296,6 +308,8 @@ impl Cli {
                 response_header_timeout: self.response_header_timeout,
                 idle_conn_timeout: self.idle_timeout,
                 grace_period: self.grace_timeout,
+                client_header_timeout: Some(self.read_header_timeout).filter(|d| !d.is_zero()),
+                client_idle_timeout: Some(self.client_idle_timeout).filter(|d| !d.is_zero()),
                 memory_budget,
                 max_body: Some(self.max_body.unwrap_or(profile_body)),
                 max_connections: self.max_connections.map_or(profile_conns, |n| n as usize),

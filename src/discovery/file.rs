@@ -22,6 +22,7 @@
 //! idle_timeout = "10m"             # tcp default 10m, udp default 30s
 //! connect_timeout = "5s"           # tcp only
 //! sni = ["db.example.org"]         # tcp only: TLS passthrough by server name
+//! health_check = { interval = "5s", rise = 1 }   # tcp only: connect probes
 //!
 //! [udp.dns]
 //! front_port = 5353
@@ -93,6 +94,8 @@ struct FileL4 {
     connect_timeout: Option<String>,
     #[serde(default)]
     sni: Vec<String>,
+    /// TCP connect probes only.
+    health_check: Option<FileHealthCheck>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +148,7 @@ struct FileService {
     protocol: Option<String>,
     backend_tls: Option<FileBackendTls>,
     affinity_header: Option<String>,
+    response_header_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,6 +310,19 @@ fn convert_l4(protocol: Protocol, name: &str, r: FileL4) -> Result<L4Spec, Strin
         .iter()
         .map(|n| SniPattern::parse(n).map_err(|e| format!("sni: {e}")))
         .collect::<Result<_, _>>()?;
+    if let Some(h) = &r.health_check {
+        if protocol == Protocol::Udp {
+            return Err("health_check: UDP has no connection to probe; tcp only".into());
+        }
+        let check = health_check(h)?;
+        if check.probe != Probe::Tcp {
+            return Err(
+                "health_check: a TCP route is probed by connecting; HTTP settings do not apply"
+                    .into(),
+            );
+        }
+        spec.health_check = Some(check);
+    }
     spec.servers = r
         .servers
         .iter()
@@ -457,6 +474,11 @@ fn convert(name: &str, svc: FileService) -> Result<ServiceSpec, String> {
             protocol,
             backend_tls,
             affinity_header: svc.affinity_header.clone().filter(|h| !h.trim().is_empty()),
+            response_header_timeout: svc
+                .response_header_timeout
+                .as_deref()
+                .map(|t| positive(t, "response_header_timeout"))
+                .transpose()?,
         },
         l4: Vec::new(),
     })
@@ -786,6 +808,18 @@ mod tests {
                 "idle_timeout",
             ),
             ("[tcp.r]\nfrontport = 1", "frontport"),
+            (
+                "[udp.r]\nfront_port = 1\nhealth_check = { interval = \"1s\" }",
+                "health_check",
+            ),
+            (
+                "[tcp.r]\nfront_port = 1\nhealth_check = { path = \"/health\" }",
+                "health_check",
+            ),
+            (
+                "[tcp.r]\nfront_port = 1\nhealth_check = { rise = 0 }",
+                "health_check.rise",
+            ),
         ] {
             let e = p(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");

@@ -1,5 +1,5 @@
-//! Active health monitors (control plane): probes every server of every service that has a
-//! health check, and records the verdict in the server's runtime state, where the data plane
+//! Active health monitors (control plane): probes every server of every service, and of
+//! every TCP route, that has a health check, and records the verdict in the server's runtime state, where the data plane
 //! reads it. Nothing here touches a request.
 //!
 //! A supervisor follows the published table and keeps exactly one probe loop per
@@ -10,7 +10,7 @@
 
 mod probe;
 
-pub use probe::{probe, ProbeError, ProbeTarget};
+pub use probe::{probe, ProbeError, ProbeTarget, ProbeTls};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +60,32 @@ pub async fn supervise(table: SharedTable, instance: String) {
                     );
                 }
             }
+            // TCP routes: a connect probe per server, as for a service's `type = tcp` check.
+            for route in current.l4.iter() {
+                let Some(check) = &route.health_check else {
+                    continue;
+                };
+                for server in route.servers.iter() {
+                    let key = Key {
+                        server: server.id.to_string(),
+                        check: format!("{check:?}"),
+                    };
+                    wanted.insert(
+                        key,
+                        Job {
+                            target: ProbeTarget {
+                                authority: server.addr.to_string(),
+                                service: route.name.to_string(),
+                                server: server.id.to_string(),
+                                instance: instance.clone(),
+                                tls: Default::default(),
+                            },
+                            check: check.clone(),
+                            state: Arc::clone(&server.state),
+                        },
+                    );
+                }
+            }
             running.retain(|key, handle| {
                 let keep = wanted.contains_key(key);
                 if !keep {
@@ -83,6 +109,11 @@ pub async fn supervise(table: SharedTable, instance: String) {
                 server.state.clear_probe();
             }
         }
+        for route in current.l4.iter().filter(|r| r.health_check.is_none()) {
+            for server in route.servers.iter() {
+                server.state.clear_probe();
+            }
+        }
         tokio::time::sleep(RECONCILE_EVERY).await;
     }
 }
@@ -103,6 +134,7 @@ struct Job {
 impl Job {
     async fn run(self) {
         let mut streak = Streak::default();
+        let mut tls = ProbeTls::default();
         loop {
             // Passive health takes a monitored server out behind the monitor's back
             // (`mark_down_until_probed`). The streak must learn of it, or, believing the
@@ -111,7 +143,7 @@ impl Job {
             if self.state.probe() == PROBE_DOWN {
                 streak.taken_out();
             }
-            let result = probe(&self.target, &self.check).await;
+            let result = probe(&self.target, &self.check, &mut tls).await;
             let verdict = streak.record(result.is_ok(), self.check.rise, self.check.fall);
             if let Some(up) = verdict {
                 let before = self.state.probe();

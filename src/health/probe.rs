@@ -1,5 +1,6 @@
 //! One probe: a TCP connect, or an HTTP exchange whose status and headers are checked.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::table::spec::{HealthCheckSpec, HttpProbe, Probe};
+use crate::tls::backend::FilesStamp;
 
 /// What is probed, and the names that go into the health-check id header.
 #[derive(Debug, Clone)]
@@ -45,7 +47,51 @@ pub enum ProbeError {
     Handshake(std::io::Error),
 }
 
-pub async fn probe(target: &ProbeTarget, check: &HealthCheckSpec) -> Result<(), ProbeError> {
+/// The TLS configuration of a server's `https` probes, read from the service's files and
+/// read again when they change. New files that cannot be used are reported once and the
+/// previous configuration kept, as the proxy does: a bad CA bundle on disk must not take
+/// servers that still answer out of rotation.
+#[derive(Default)]
+pub struct ProbeTls {
+    current: Option<(FilesStamp, Arc<rustls::ClientConfig>)>,
+}
+
+impl ProbeTls {
+    fn config(&mut self, target: &ProbeTarget) -> Result<Arc<rustls::ClientConfig>, ProbeError> {
+        let stamp = target.tls.stamp();
+        if let Some((seen, config)) = &self.current {
+            if *seen == stamp {
+                return Ok(Arc::clone(config));
+            }
+        }
+        match crate::tls::backend::client_config(&target.tls) {
+            Ok(config) => {
+                let config = Arc::new(config);
+                self.current = Some((stamp, Arc::clone(&config)));
+                Ok(config)
+            }
+            Err(e) => match &mut self.current {
+                Some((seen, config)) => {
+                    tracing::warn!(
+                        service = %target.service,
+                        files = %target.tls.describe_files(),
+                        error = %crate::report(&e),
+                        "backend TLS files changed but cannot be used; health probes keep the previous ones"
+                    );
+                    *seen = stamp;
+                    Ok(Arc::clone(config))
+                }
+                None => Err(ProbeError::TlsConfig(crate::report(&e))),
+            },
+        }
+    }
+}
+
+pub async fn probe(
+    target: &ProbeTarget,
+    check: &HealthCheckSpec,
+    tls: &mut ProbeTls,
+) -> Result<(), ProbeError> {
     let authority = match check.port {
         Some(port) => {
             let host = target
@@ -63,8 +109,9 @@ pub async fn probe(target: &ProbeTarget, check: &HealthCheckSpec) -> Result<(), 
     match &check.probe {
         Probe::Tcp => Ok(()),
         Probe::Http(http) if http.tls => {
+            let config = tls.config(target)?;
             let probe = async {
-                let tls = handshake(stream, &authority, target, http).await?;
+                let tls = handshake(stream, config, &authority, target, http).await?;
                 exchange(tls, &authority, target, http).await
             };
             tokio::time::timeout(check.timeout, probe)
@@ -81,12 +128,11 @@ pub async fn probe(target: &ProbeTarget, check: &HealthCheckSpec) -> Result<(), 
 
 async fn handshake(
     stream: TcpStream,
+    config: Arc<rustls::ClientConfig>,
     authority: &str,
     target: &ProbeTarget,
     http: &HttpProbe,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProbeError> {
-    let config = crate::tls::backend::client_config(&target.tls)
-        .map_err(|e| ProbeError::TlsConfig(crate::report(&e)))?;
     // The name to verify: the service's override, else the probe's Host, else the address.
     let host = target
         .tls
@@ -101,7 +147,7 @@ async fn handshake(
         });
     let name = rustls::pki_types::ServerName::try_from(host.clone())
         .map_err(|_| ProbeError::TlsConfig(format!("`{host}` is not a valid TLS server name")))?;
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    tokio_rustls::TlsConnector::from(config)
         .connect(name, stream)
         .await
         .map_err(ProbeError::Handshake)

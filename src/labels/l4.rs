@@ -12,6 +12,8 @@
 //! limpet.tcp.redis.idletimeout=10m       # TCP default 10m, UDP default 30s
 //! limpet.tcp.redis.connecttimeout=5s     # TCP only; then the next server is tried
 //! limpet.tcp.web.sni=a.example.org,*.example.org   # TLS passthrough, TCP only
+//! limpet.tcp.redis.healthcheck.interval=5s         # TCP connect probes (TCP only); also
+//!                                                  # .connecttimeout .port .rise .fall .startdown
 //! aliyun.lb.port_6379=tcp://slb_redis_app:6379
 //! ```
 
@@ -21,6 +23,7 @@ use std::time::Duration;
 use super::{invalid, strip_prefix_ignore_case, LabelError};
 use crate::config::parse_duration;
 use crate::table::l4::{L4Spec, Protocol, SniPattern};
+use crate::table::spec::HealthCheckSpec;
 
 /// One L4 route the labels declare; the provider adds one server per task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,13 +60,19 @@ pub(super) struct Found {
 const ALIYUN_PREFIX: &str = "aliyun.lb.port_";
 
 /// The keys of limpet's own form, after `limpet.<protocol>.<name>.`.
-const ROUTE_KEYS: [&str; 6] = [
+const ROUTE_KEYS: [&str; 12] = [
     "frontport",
     "port",
     "balance",
     "idletimeout",
     "connecttimeout",
     "sni",
+    "healthcheck.interval",
+    "healthcheck.connecttimeout",
+    "healthcheck.port",
+    "healthcheck.rise",
+    "healthcheck.fall",
+    "healthcheck.startdown",
 ];
 
 /// Whether `rest` (a label without its `limpet.` prefix) belongs to this module.
@@ -81,7 +90,7 @@ pub(super) fn parse(labels: &BTreeMap<String, String>) -> Found {
     for (label, value) in labels {
         if let Some(port) = strip_prefix_ignore_case(label, ALIYUN_PREFIX) {
             match aliyun(label, port, value) {
-                Ok(Aliyun::L4(route)) => found.routes.push(route),
+                Ok(Aliyun::L4(route)) => found.routes.push(*route),
                 Ok(Aliyun::Http(http)) => found.http.push(http),
                 Err(e) => found.errors.push(e),
             }
@@ -154,7 +163,8 @@ pub(super) fn parse(labels: &BTreeMap<String, String>) -> Found {
 type RouteKeys<'a> = BTreeMap<&'static str, (&'a str, &'a str)>;
 
 enum Aliyun {
-    L4(L4Labels),
+    /// Boxed: a route with its health check is several times the size of the other.
+    L4(Box<L4Labels>),
     Http(AliyunHttp),
 }
 
@@ -193,10 +203,10 @@ fn aliyun(label: &str, port: &str, value: &str) -> Result<Aliyun, LabelError> {
     };
     let mut route = L4Spec::new(format!("aliyun-{container_port}"), protocol, front_port);
     route.lb_name = Some(lb_name.to_owned());
-    Ok(Aliyun::L4(L4Labels {
+    Ok(Aliyun::L4(Box::new(L4Labels {
         route,
         container_port,
-    }))
+    })))
 }
 
 fn own_route(protocol: Protocol, name: &str, keys: &RouteKeys) -> Result<L4Labels, LabelError> {
@@ -243,10 +253,59 @@ fn own_route(protocol: Protocol, name: &str, keys: &RouteKeys) -> Result<L4Label
             return Err(invalid(l, v, "expected server names, comma-separated"));
         }
     }
+    route.health_check = health_check(protocol, keys)?;
     Ok(L4Labels {
         route,
         container_port,
     })
+}
+
+/// A TCP connect monitor, when any `healthcheck.*` key is given.
+fn health_check(
+    protocol: Protocol,
+    keys: &RouteKeys,
+) -> Result<Option<HealthCheckSpec>, LabelError> {
+    let mut given = keys.iter().filter(|(k, _)| k.starts_with("healthcheck."));
+    let Some((_, (first, first_value))) = given.next() else {
+        return Ok(None);
+    };
+    if protocol == Protocol::Udp {
+        return Err(invalid(
+            first,
+            first_value,
+            "UDP has no connection to probe; tcp only",
+        ));
+    }
+    let mut check = HealthCheckSpec::default();
+    for (key, (l, v)) in keys.iter().filter(|(k, _)| k.starts_with("healthcheck.")) {
+        let count = |v: &str| {
+            v.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid(l, v, "expected a whole number of at least 1"))
+        };
+        match &key["healthcheck.".len()..] {
+            "interval" => check.interval = positive(l, v)?,
+            "connecttimeout" => check.connect_timeout = positive(l, v)?,
+            "port" => {
+                check.port = Some(
+                    parse_port(v)
+                        .ok_or_else(|| invalid(l, v, "expected a port from 1 to 65535"))?,
+                )
+            }
+            "rise" => check.rise = count(v)?,
+            "fall" => check.fall = count(v)?,
+            "startdown" => {
+                check.start_down = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(l, v, "expected true or false"))?
+            }
+            _ => unreachable!("only the keys in ROUTE_KEYS are kept"),
+        }
+    }
+    Ok(Some(check))
 }
 
 fn parse_port(text: &str) -> Option<u16> {
@@ -391,5 +450,41 @@ mod tests {
         ]));
         assert!(f.routes.is_empty());
         assert!(matches!(f.errors[..], [LabelError::Conflict { .. }]));
+    }
+
+    #[test]
+    fn tcp_health_check_keys() {
+        let found = parse(&labels(&[
+            ("limpet.tcp.redis.frontport", "6379"),
+            ("limpet.tcp.redis.healthcheck.interval", "2s"),
+            ("limpet.tcp.redis.healthcheck.rise", "1"),
+            ("limpet.tcp.redis.healthcheck.startdown", "true"),
+        ]));
+        assert!(found.errors.is_empty(), "{:?}", found.errors);
+        let check = found.routes[0].route.health_check.clone().expect("a check");
+        assert_eq!(check.interval, Duration::from_secs(2));
+        assert_eq!((check.rise, check.fall, check.start_down), (1, 3, true));
+        assert_eq!(check.probe, crate::table::spec::Probe::Tcp);
+
+        let plain = parse(&labels(&[("limpet.tcp.redis.frontport", "6379")]));
+        assert!(plain.routes[0].route.health_check.is_none());
+
+        for (key, value) in [
+            ("limpet.udp.dns.healthcheck.interval", "2s"),
+            ("limpet.tcp.dns.healthcheck.fall", "0"),
+            ("limpet.tcp.dns.healthcheck.interval", "soon"),
+        ] {
+            let protocol = if key.contains(".udp.") { "udp" } else { "tcp" };
+            let found = parse(&labels(&[
+                (format!("limpet.{protocol}.dns.frontport").as_str(), "53"),
+                (key, value),
+            ]));
+            assert!(found.routes.is_empty(), "{key}={value} accepted");
+            assert!(
+                found.errors[0].to_string().contains(key),
+                "{}",
+                found.errors[0]
+            );
+        }
     }
 }

@@ -158,6 +158,7 @@ enum Key {
     TlsClientKeyFile,
     TlsInsecure,
     AffinityHeader,
+    ResponseHeaderTimeout,
 }
 
 const KEYS: &[(&str, Key)] = &[
@@ -234,6 +235,7 @@ const KEYS: &[(&str, Key)] = &[
     ("backend.tls.key", Key::TlsClientKeyFile),
     ("backend.tls.insecure", Key::TlsInsecure),
     ("sticky.header", Key::AffinityHeader),
+    ("responseheadertimeout", Key::ResponseHeaderTimeout),
     // Traefik v1 spells the health check keys under `backend.`.
     ("backend.healthcheck.path", Key::HcPath),
     ("backend.healthcheck.port", Key::HcPort),
@@ -532,6 +534,9 @@ pub fn parse(
     }
     if let Some((_, v)) = get(Key::AffinityHeader) {
         out.options.affinity_header = Some(v.trim().to_owned()).filter(|h| !h.is_empty());
+    }
+    if let Some((l, v)) = get(Key::ResponseHeaderTimeout) {
+        out.options.response_header_timeout = Some(positive(l, v)?);
     }
     ignored.extend(traefik_v2::apply(labels, &mut out)?);
     let found = l4::parse(labels);
@@ -1098,6 +1103,7 @@ mod tests {
                 ("limpet.server.queue", "50"),
                 ("limpet.server.queuetimeout", "2s"),
                 ("limpet.maintenance", "2, abc123"),
+                ("limpet.responseheadertimeout", "5m"),
             ]),
             true,
         )
@@ -1105,6 +1111,10 @@ mod tests {
         .labels;
         let o = &l.options;
         assert_eq!(o.slow_start, std::time::Duration::from_secs(30));
+        assert_eq!(
+            o.response_header_timeout,
+            Some(std::time::Duration::from_secs(300))
+        );
         assert_eq!(
             o.fallback,
             Some(FallbackSpec::Service("maintenance-page".into()))

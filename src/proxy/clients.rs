@@ -1,5 +1,7 @@
 //! The HTTP clients towards backends, one per way of speaking to them (HTTP/1.1, h2c, and
-//! TLS with its settings), each with its own connection pool.
+//! TLS with its settings), each with its own connection pool. HTTP/1.1 goes through
+//! hyper-util's pooled client; HTTP/2 through [`H2Client`], which keeps the client's
+//! authority (see `multiplex`).
 //!
 //! The table only names the protocol and TLS settings a service needs; the clients live
 //! here, outside the table, so their pools survive table swaps. Plain HTTP/1.1, by far the
@@ -7,50 +9,112 @@
 //! `ArcSwap`'d map without locking.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::multiplex::{Dialer, H2Client, H2Error};
 use super::{ProxySettings, UpstreamBody};
 use crate::table::spec::{BackendProtocol, BackendTls};
-use crate::tls::backend::{client_config, BackendTlsError};
+use crate::tls::backend::{client_config, BackendTlsError, FilesStamp};
 
 /// One client, whatever its connector.
 pub enum Upstream {
     Plain(Client<HttpConnector, UpstreamBody>),
     Tls(Client<HttpsConnector<HttpConnector>, UpstreamBody>),
+    /// HTTP/2, plain or TLS.
+    Multiplexed(Arc<H2Client>),
 }
 
 impl Upstream {
-    pub fn request(&self, req: http::Request<UpstreamBody>) -> ResponseFuture {
+    pub fn request(&self, req: http::Request<UpstreamBody>) -> Sending {
         match self {
-            Upstream::Plain(c) => c.request(req),
-            Upstream::Tls(c) => c.request(req),
+            Upstream::Plain(c) => Sending::Pooled(c.request(req)),
+            Upstream::Tls(c) => Sending::Pooled(c.request(req)),
+            Upstream::Multiplexed(c) => Sending::Multiplexed(c.request(req)),
+        }
+    }
+}
+
+/// A request on its way to a backend, until its response headers arrive.
+pub enum Sending {
+    Pooled(ResponseFuture),
+    Multiplexed(Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, H2Error>> + Send>>),
+}
+
+impl Future for Sending {
+    type Output = Result<http::Response<Incoming>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Both variants are Unpin (a hyper-util future is boxed inside).
+        match self.get_mut() {
+            Sending::Pooled(f) => Pin::new(f).poll(cx).map_err(SendError::Pooled),
+            Sending::Multiplexed(f) => f.as_mut().poll(cx).map_err(SendError::Multiplexed),
+        }
+    }
+}
+
+/// Why a request got no response, from whichever client sent it.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Pooled(hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Multiplexed(H2Error),
+}
+
+impl SendError {
+    /// No connection could be made: nothing reached the backend.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Pooled(e) => e.is_connect(),
+            SendError::Multiplexed(e) => matches!(e, H2Error::Dial { .. }),
         }
     }
 }
 
 type Key = (BackendProtocol, BackendTls);
 
+/// How often a TLS client's files are looked at for changes; as often as the entrypoint's
+/// own certificates.
+const TLS_FILES_RECHECK: Duration = Duration::from_secs(2);
+
+/// A client that is not plain HTTP/1.1, with what it was built from.
+struct Built {
+    upstream: ArcSwap<Upstream>,
+    /// The TLS files as last seen, whether or not they could be used.
+    seen: Mutex<FilesStamp>,
+    /// When to look at the files again (ms since the clients were made).
+    recheck_at: AtomicU64,
+}
+
 pub struct Clients {
-    http1: Upstream,
-    others: ArcSwap<HashMap<Key, Arc<Upstream>>>,
+    http1: Client<HttpConnector, UpstreamBody>,
+    others: ArcSwap<HashMap<Key, Arc<Built>>>,
     /// Serialises building new clients, which is rare; lookups never take it.
     building: Mutex<()>,
     settings: ProxySettings,
+    born: Instant,
 }
 
 impl Clients {
     pub fn new(settings: &ProxySettings) -> Self {
         Self {
-            http1: Upstream::Plain(build_plain(settings, false)),
+            http1: build_plain(settings),
             others: ArcSwap::from_pointee(HashMap::new()),
             building: Mutex::new(()),
             settings: settings.clone(),
+            born: Instant::now(),
         }
     }
 
@@ -60,23 +124,71 @@ impl Clients {
         protocol: BackendProtocol,
         tls: &BackendTls,
         req: http::Request<UpstreamBody>,
-    ) -> Result<ResponseFuture, BackendTlsError> {
+    ) -> Result<Sending, BackendTlsError> {
         if protocol == BackendProtocol::Http {
-            return Ok(self.http1.request(req));
+            return Ok(Sending::Pooled(self.http1.request(req)));
         }
         let key = (protocol, tls.clone());
-        if let Some(client) = self.others.load().get(&key) {
-            return Ok(client.request(req));
+        if let Some(built) = self.others.load().get(&key) {
+            if protocol.uses_tls() {
+                self.refresh(built, protocol, tls);
+            }
+            return Ok(built.upstream.load().request(req));
         }
         let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = self.others.load().get(&key) {
-            return Ok(client.request(req));
+        if let Some(built) = self.others.load().get(&key) {
+            return Ok(built.upstream.load().request(req));
         }
-        let client = Arc::new(self.build(protocol, tls)?);
+        // Stamped before reading, so that a change during the build is seen next time.
+        let seen = tls.stamp();
+        let upstream = self.build(protocol, tls)?;
+        let built = Arc::new(Built {
+            upstream: ArcSwap::from_pointee(upstream),
+            seen: Mutex::new(seen),
+            recheck_at: AtomicU64::new(self.now_ms() + TLS_FILES_RECHECK.as_millis() as u64),
+        });
         let mut map = HashMap::clone(&self.others.load());
-        map.insert(key, Arc::clone(&client));
+        map.insert(key, Arc::clone(&built));
         self.others.store(Arc::new(map));
-        Ok(client.request(req))
+        Ok(built.upstream.load().request(req))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Rebuilds a TLS client whose CA bundle or client certificate files changed. New
+    /// connections use the new files; requests under way finish on the old ones. Files that
+    /// cannot be used are reported once, and the client built from the previous ones stays.
+    fn refresh(&self, built: &Built, protocol: BackendProtocol, tls: &BackendTls) {
+        let now = self.now_ms();
+        if now < built.recheck_at.load(Ordering::Relaxed) {
+            return;
+        }
+        // One request looks; the others go on with the client they have.
+        let Ok(mut seen) = built.seen.try_lock() else {
+            return;
+        };
+        built.recheck_at.store(
+            now + TLS_FILES_RECHECK.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        let stamp = tls.stamp();
+        if stamp == *seen {
+            return;
+        }
+        *seen = stamp;
+        match self.build(protocol, tls) {
+            Ok(upstream) => {
+                built.upstream.store(Arc::new(upstream));
+                tracing::info!(files = %tls.describe_files(), "backend TLS files changed; new connections use them");
+            }
+            Err(e) => tracing::warn!(
+                files = %tls.describe_files(),
+                error = %crate::report(&e),
+                "backend TLS files changed but cannot be used; keeping the previous ones"
+            ),
+        }
     }
 
     fn build(
@@ -84,15 +196,35 @@ impl Clients {
         protocol: BackendProtocol,
         tls: &BackendTls,
     ) -> Result<Upstream, BackendTlsError> {
+        let settings = &self.settings;
         Ok(match protocol {
-            BackendProtocol::Http => Upstream::Plain(build_plain(&self.settings, false)),
-            BackendProtocol::H2c => Upstream::Plain(build_plain(&self.settings, true)),
+            BackendProtocol::Http => Upstream::Plain(build_plain(settings)),
+            BackendProtocol::H2c => Upstream::Multiplexed(H2Client::new(
+                Dialer::Plain,
+                settings.dial_timeout,
+                settings.idle_conn_timeout,
+            )),
             BackendProtocol::Https | BackendProtocol::H2 => {
                 if tls.insecure {
                     tracing::warn!("backend TLS certificates are not verified (insecure switch); traffic can be intercepted");
                 }
-                let http2 = protocol == BackendProtocol::H2;
-                let config = client_config(tls)?;
+                let mut config = client_config(tls)?;
+                if let Some(name) = &tls.server_name {
+                    rustls::pki_types::ServerName::try_from(name.clone())
+                        .map_err(|_| BackendTlsError::BadServerName(name.clone()))?;
+                }
+                if protocol == BackendProtocol::H2 {
+                    config.alpn_protocols = vec![b"h2".to_vec()];
+                    let dialer = Dialer::Tls {
+                        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+                        server_name: tls.server_name.clone(),
+                    };
+                    return Ok(Upstream::Multiplexed(H2Client::new(
+                        dialer,
+                        settings.dial_timeout,
+                        settings.idle_conn_timeout,
+                    )));
+                }
                 let builder = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(config)
                     .https_only();
@@ -106,21 +238,14 @@ impl Clients {
                     }
                     None => builder,
                 };
-                let connector = if http2 {
-                    builder
-                        .enable_http2()
-                        .wrap_connector(http_connector(&self.settings))
-                } else {
-                    builder
-                        .enable_http1()
-                        .wrap_connector(http_connector(&self.settings))
-                };
+                let connector = builder
+                    .enable_http1()
+                    .wrap_connector(http_connector(settings));
                 let mut client = Client::builder(TokioExecutor::new());
                 client
-                    .pool_idle_timeout(self.settings.idle_conn_timeout)
+                    .pool_idle_timeout(settings.idle_conn_timeout)
                     .pool_timer(TokioTimer::new())
-                    .http1_max_buf_size(super::MAX_BUF)
-                    .http2_only(http2);
+                    .http1_max_buf_size(super::MAX_BUF);
                 Upstream::Tls(client.build(connector))
             }
         })
@@ -136,13 +261,12 @@ fn http_connector(settings: &ProxySettings) -> HttpConnector {
     connector
 }
 
-fn build_plain(settings: &ProxySettings, http2: bool) -> Client<HttpConnector, UpstreamBody> {
+fn build_plain(settings: &ProxySettings) -> Client<HttpConnector, UpstreamBody> {
     let mut connector = http_connector(settings);
     connector.enforce_http(true);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(settings.idle_conn_timeout)
         .pool_timer(TokioTimer::new())
         .http1_max_buf_size(super::MAX_BUF)
-        .http2_only(http2)
         .build(connector)
 }

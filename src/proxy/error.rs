@@ -25,27 +25,29 @@ pub enum ProxyError {
         service: String,
         fallback: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: super::clients::SendError,
     },
     #[error("service `{service}`: cannot connect to server {server}: {source}")]
     Connect {
         service: String,
         server: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: super::clients::SendError,
     },
     #[error("service `{service}`: server {server} did not answer within {timeout_ms} ms")]
     Timeout {
         service: String,
         server: String,
         timeout_ms: u128,
+        /// The limit was the gRPC client's deadline, not limpet's header timeout.
+        deadline: bool,
     },
     #[error("service `{service}`: server {server} failed: {source}")]
     Upstream {
         service: String,
         server: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: super::clients::SendError,
     },
     #[error(
         "service `{service}`: server {server} is at its connection limit and its queue is full"
@@ -84,19 +86,9 @@ impl ProxyError {
     }
 
     /// Logs the failure at a level that matches whose fault it is, and builds the response.
-    /// Client mistakes log at debug so hostile traffic cannot flood the log.
     pub fn into_response(self) -> Response<Body> {
+        self.log();
         let status = self.status();
-        match &self {
-            ProxyError::NoRoute { .. }
-            | ProxyError::BadRequest(_)
-            | ProxyError::TooLarge { .. }
-            | ProxyError::Overloaded => {
-                tracing::debug!(status = status.as_u16(), "{self}")
-            }
-            ProxyError::NotReady => tracing::info!(status = status.as_u16(), "{self}"),
-            _ => tracing::warn!(status = status.as_u16(), "{}", crate::report(&self)),
-        }
         let reason = status.canonical_reason().unwrap_or("Error");
         let mut response =
             Response::new(Body::Right(Full::new(Bytes::from(format!("{reason}\n")))));
@@ -115,5 +107,24 @@ impl ProxyError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+
+    /// The same failure for a gRPC client: a gRPC status rather than an HTTP error page.
+    pub fn into_grpc_response(self) -> Response<Body> {
+        self.log();
+        super::grpc::error_response(&self)
+    }
+
+    /// Client mistakes log at debug so hostile traffic cannot flood the log.
+    fn log(&self) {
+        let status = self.status().as_u16();
+        match self {
+            ProxyError::NoRoute { .. }
+            | ProxyError::BadRequest(_)
+            | ProxyError::TooLarge { .. }
+            | ProxyError::Overloaded => tracing::debug!(status, "{self}"),
+            ProxyError::NotReady => tracing::info!(status, "{self}"),
+            _ => tracing::warn!(status, "{}", crate::report(self)),
+        }
     }
 }

@@ -15,14 +15,15 @@ use http::{Method, Request, Response, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::{Error as ClientError, ResponseFuture};
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio::time::error::Elapsed;
 
 use super::body::{ReclaimBody, TrackedBody};
 use super::budget::{BodyError, Metered};
+use super::clients::{SendError as ClientError, Sending};
 use super::error::ProxyError;
+use super::grpc;
 use super::headers::{add_forwarded, host_without_port, strip_hop_by_hop, ClientConn};
 use super::upload::Upload;
 use super::{Body, Proxy};
@@ -35,8 +36,10 @@ pub async fn handle(proxy: &Proxy, req: Request<Incoming>, conn: ClientConn) -> 
     if let (false, Some(port)) = (conn.tls, proxy.settings.redirect_to_https) {
         return redirect_to_https(&req, port);
     }
-    match forward(proxy, req, conn).await {
+    let grpc = grpc::is_grpc(req.headers());
+    match forward(proxy, req, conn, grpc).await {
         Ok(response) => response,
+        Err(e) if grpc => e.into_grpc_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -83,9 +86,9 @@ struct Choice {
 enum Outcome {
     Answered(Response<Incoming>),
     /// The connection could not be made: nothing was sent.
-    NotSent(hyper_util::client::legacy::Error),
+    NotSent(ClientError),
     /// The request may have reached the backend.
-    Sent(hyper_util::client::legacy::Error),
+    Sent(ClientError),
     TimedOut,
 }
 
@@ -93,6 +96,7 @@ async fn forward(
     proxy: &Proxy,
     mut req: Request<Incoming>,
     conn: ClientConn,
+    grpc: bool,
 ) -> Result<Response<Body>, ProxyError> {
     // One load per request; the Arc keeps this table alive across the await points even if
     // the control plane swaps in a new one meanwhile.
@@ -109,11 +113,10 @@ async fn forward(
     // A gRPC stream lasts as long as its call: a limit on its total would cut a long-lived
     // stream (a reset the client reports as INTERNAL) however small its messages. Message
     // sizes are the gRPC server's to limit; the memory budget still bounds what is held.
-    let max_body = if is_grpc(req.headers()) {
-        None
-    } else {
-        proxy.settings.max_body
-    };
+    let max_body = if grpc { None } else { proxy.settings.max_body };
+    // A gRPC client that set a deadline waits that long, longer or shorter than limpet's
+    // header timeout: a unary call's headers come only with its answer.
+    let deadline = grpc.then(|| grpc::deadline(req.headers())).flatten();
     if let Some(len) = req.body().size_hint().exact() {
         if max_body.is_some_and(|max| len > max) {
             return Err(ProxyError::TooLarge {
@@ -192,6 +195,10 @@ async fn forward(
     }
     add_forwarded(&mut parts.headers, &conn, host_header.as_ref());
 
+    let header_timeout = deadline
+        .or(service.response_header_timeout)
+        .unwrap_or(proxy.settings.response_header_timeout);
+
     let retry = &service.retry;
     let retries_possible = retry.attempts > 0 && service.servers.len() > 1;
     // The client consumes each request it is given, so a retry is rebuilt from a copy of the
@@ -252,7 +259,7 @@ async fn forward(
                 service: service.name.to_string(),
                 source: e,
             })?;
-        let outcome = match wait_for_headers(proxy, sending, body_sent.take()).await {
+        let outcome = match wait_for_headers(header_timeout, sending, body_sent.take()).await {
             Ok(Ok(response)) => Outcome::Answered(response),
             Ok(Err(e)) if too_large(&e) => {
                 return Err(ProxyError::TooLarge {
@@ -342,7 +349,8 @@ async fn forward(
             Outcome::TimedOut => Err(ProxyError::Timeout {
                 service: service.name.to_string(),
                 server: server.url.to_string(),
-                timeout_ms: proxy.settings.response_header_timeout.as_millis(),
+                timeout_ms: header_timeout.as_millis(),
+                deadline: deadline.is_some(),
             }),
             // The primary has nothing in rotation either, so nothing could take the
             // request: unavailable (503), as when the fallback is already marked down,
@@ -403,11 +411,10 @@ type Prepared = Either<Metered<ReclaimBody>, Empty<bytes::Bytes>>;
 /// being slow (Go's `ResponseHeaderTimeout`, which Traefik uses, counts the same way). A
 /// backend may answer before the upload ends (a 413, say); that answer is taken at once.
 async fn wait_for_headers(
-    proxy: &Proxy,
-    sending: ResponseFuture,
+    timeout: std::time::Duration,
+    sending: Sending,
     body_sent: Option<oneshot::Receiver<()>>,
 ) -> Result<Result<Response<Incoming>, ClientError>, Elapsed> {
-    let timeout = proxy.settings.response_header_timeout;
     let Some(sent) = body_sent else {
         return tokio::time::timeout(timeout, sending).await;
     };
@@ -448,19 +455,6 @@ fn target_host_replaces_host_header(req: &mut Request<Incoming>) {
     if let Ok(value) = HeaderValue::from_str(&host) {
         req.headers_mut().insert(header::HOST, value);
     }
-}
-
-/// `application/grpc`, with or without a `+proto`-style suffix or parameters.
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            let v = v.trim_start();
-            v.len() >= 16
-                && v[..16].eq_ignore_ascii_case("application/grpc")
-                && matches!(v.as_bytes().get(16), None | Some(b'+' | b';'))
-        })
 }
 
 /// RFC 9110 §9.2.2.
@@ -643,25 +637,4 @@ fn respond(
     }
     let body = TrackedBody::new(body, guard);
     Response::from_parts(parts, Either::Left(Metered::new(body, budget, None)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_content_types() {
-        let with = |ct: &'static str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-            is_grpc(&h)
-        };
-        assert!(with("application/grpc"));
-        assert!(with("application/grpc+proto"));
-        assert!(with("Application/GRPC; charset=utf-8"));
-        assert!(!with("application/grpc-web"));
-        assert!(!with("application/json"));
-        assert!(!with("application/grp"));
-        assert!(!is_grpc(&HeaderMap::new()));
-    }
 }

@@ -4,18 +4,24 @@
 //! It reads the table, and nothing else, from the control plane: one atomic load per request.
 //!
 //! - `forward`: one request, from routing to the response (stickiness, retry, rewriting).
+//! - `grpc`: deadlines and error statuses for gRPC calls.
 //! - `headers`: hop-by-hop and `X-Forwarded-*` headers.
 //! - `upload`: the request body towards a backend, reporting when it has been sent.
 //! - `budget`: the memory budget for bytes in transit.
+//! - `client_timeouts`: closing client connections slow over a request head, or idle.
 //! - `clients`: the client pools towards backends, per protocol.
+//! - `multiplex`: the HTTP/2 client, one shared connection per backend.
 //! - `error`: every failure, and the one place that maps failures to responses.
 
 mod body;
 mod budget;
+mod client_timeouts;
 mod clients;
 mod error;
 mod forward;
+mod grpc;
 mod headers;
+mod multiplex;
 mod upload;
 
 pub use budget::{Budget, BudgetStats};
@@ -36,6 +42,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::discovery::SharedTable;
+use client_timeouts::{Activity, Held, Watchdog, Watched};
 
 /// Response bodies: streamed from the backend (charged to the memory budget), or a short one
 /// limpet wrote itself.
@@ -65,6 +72,12 @@ pub struct ProxySettings {
     pub max_body: Option<u64>,
     /// Client connections served at once; more are refused with a short 503.
     pub max_connections: usize,
+    /// How long a client may take to send a complete HTTP/1 request head, from connecting
+    /// or from the head's first byte; the connection is closed after. `None`: no limit.
+    pub client_header_timeout: Option<Duration>,
+    /// How long a client connection may stay open with no request in flight. `None`: no
+    /// limit.
+    pub client_idle_timeout: Option<Duration>,
 }
 
 impl Default for ProxySettings {
@@ -78,6 +91,8 @@ impl Default for ProxySettings {
             memory_budget: 64 << 20,
             max_body: Some(64 << 20),
             max_connections: 16_384,
+            client_header_timeout: Some(Duration::from_secs(10)),
+            client_idle_timeout: Some(Duration::from_secs(180)),
         }
     }
 }
@@ -202,7 +217,12 @@ pub async fn serve_with(
         let mut b = auto::Builder::new(TokioExecutor::new());
         // A bounded read buffer per connection keeps idle keep-alive connections cheap and
         // bounds what one connection can hold outside the memory budget.
-        b.http1().timer(TokioTimer::new()).max_buf_size(MAX_BUF);
+        // hyper's header timeout doubles as an idle timeout of the same length; both are
+        // `client_timeouts`' job, with a value each.
+        b.http1()
+            .timer(TokioTimer::new())
+            .max_buf_size(MAX_BUF)
+            .header_read_timeout(None);
         b.http2().timer(TokioTimer::new());
         match &transport {
             // Not enough on its own with upgrades: see `h2_preface`.
@@ -236,25 +256,34 @@ pub async fn serve_with(
             matches!(transport, Transport::Tls(_)),
         );
         let proxy = Arc::clone(&proxy);
-        let service = service_fn(move |req| {
-            let proxy = Arc::clone(&proxy);
-            let conn = conn.clone();
-            async move { Ok::<_, Infallible>(forward::handle(&proxy, req, conn).await) }
-        });
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let transport = transport.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let result = match transport {
+            let watchdog = Watchdog {
+                head: proxy.settings.client_header_timeout,
+                idle: proxy.settings.client_idle_timeout,
+            };
+            match transport {
                 Transport::Plain { h2c } => {
-                    if !h2c && h2_preface(&stream).await {
+                    // The first bytes are the first head's: the head timeout bounds the wait.
+                    let preface = match watchdog.head {
+                        Some(limit) => tokio::time::timeout(limit, h2_preface(&stream)).await,
+                        None => Ok(h2_preface(&stream).await),
+                    };
+                    let Ok(http2) = preface else {
+                        tracing::debug!(client = %peer, "no request head in time; connection closed");
+                        return;
+                    };
+                    if !h2c && http2 {
                         tracing::debug!(client = %peer, "HTTP/2 with prior knowledge, but h2c is off on this entrypoint; connection closed");
                         return;
                     }
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    serve_connection(
+                        stream, http2, &builder, watcher, watchdog, proxy, conn, peer,
+                    )
+                    .await
                 }
                 Transport::Tls(acceptor) => {
                     // A failed handshake concerns this client only: log it quietly.
@@ -271,13 +300,10 @@ pub async fn serve_with(
                             return;
                         }
                     };
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                    watcher.watch(connection.into_owned()).await
+                    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_connection(tls, http2, &builder, watcher, watchdog, proxy, conn, peer)
+                        .await
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
             }
         });
     }
@@ -291,5 +317,46 @@ pub async fn serve_with(
             grace_ms = grace.as_millis() as u64,
             "connections still open after the grace period; closing them"
         );
+    }
+}
+
+/// Serves one client connection until it ends, or until it has been idle or slow over a
+/// request head for too long.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<IO>(
+    io: IO,
+    http2: bool,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    watchdog: Watchdog,
+    proxy: Arc<Proxy>,
+    conn: ClientConn,
+    peer: std::net::SocketAddr,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let activity = Activity::new(!http2);
+    let watched = Arc::clone(&activity);
+    let service = service_fn(move |req| {
+        let in_flight = watched.request();
+        let proxy = Arc::clone(&proxy);
+        let conn = conn.clone();
+        async move {
+            let response = forward::handle(&proxy, req, conn).await;
+            Ok::<_, Infallible>(response.map(|body| Held::new(body, in_flight)))
+        }
+    });
+    let io = Watched::new(io, Arc::clone(&activity));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let connection = watcher.watch(connection.into_owned());
+    tokio::select! {
+        result = connection => {
+            if let Err(e) = result {
+                tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+            }
+        }
+        expiry = watchdog.expired(&activity) => {
+            tracing::debug!(client = %peer, ?expiry, "client connection timed out; closed");
+        }
     }
 }

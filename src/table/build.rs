@@ -170,6 +170,7 @@ fn build_service(
             .affinity_header
             .as_deref()
             .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+        response_header_timeout: spec.options.response_header_timeout,
     }
 }
 

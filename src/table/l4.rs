@@ -11,8 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::spec::{PassiveHealth, Provider, ServiceSpec};
-use super::state::{now_ms, ServerState, StateRegistry};
+use super::spec::{HealthCheckSpec, PassiveHealth, Provider, ServiceSpec};
+use super::state::{now_ms, ServerState, StateRegistry, PROBE_UNKNOWN};
 use super::{mix, stable_hash, Table};
 use crate::balance::{Balancer, Candidates, Method};
 
@@ -158,6 +158,9 @@ pub struct L4Spec {
     pub sni: Vec<SniPattern>,
     /// Alibaba's `<lb_name>`: shown in logs and the status page, nothing else.
     pub lb_name: Option<String>,
+    /// An active monitor; TCP routes only, and only a TCP connect probe: limpet does not
+    /// speak the forwarded protocol.
+    pub health_check: Option<HealthCheckSpec>,
     pub servers: Vec<L4ServerSpec>,
 }
 
@@ -185,6 +188,7 @@ impl L4Spec {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             sni: Vec::new(),
             lb_name: None,
+            health_check: None,
             servers: Vec::new(),
         }
     }
@@ -219,6 +223,8 @@ pub struct L4Route {
     pub servers: Box<[L4Server]>,
     /// Connect failures in a row that take a server out, and for how long.
     pub passive: PassiveHealth,
+    /// See [`L4Spec::health_check`].
+    pub health_check: Option<HealthCheckSpec>,
 }
 
 #[derive(Debug)]
@@ -468,11 +474,21 @@ fn build_route(
                 addr: s.addr,
                 weight: s.weight,
                 accepts_new: s.accepts_new,
-                state: states.get(&s.id),
+                state: {
+                    let state = states.get(&s.id);
+                    // As for HTTP servers (Traefik #4544): out until the first pass.
+                    if spec.health_check.as_ref().is_some_and(|h| h.start_down)
+                        && state.probe() == PROBE_UNKNOWN
+                    {
+                        state.mark_down_until_probed();
+                    }
+                    state
+                },
                 id_hash: stable_hash(s.id.as_bytes()),
             })
             .collect(),
         passive: PassiveHealth::default(),
+        health_check: spec.health_check.clone(),
     }
 }
 

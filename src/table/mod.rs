@@ -80,6 +80,8 @@ pub struct Service {
     pub protocol: BackendProtocol,
     pub backend_tls: BackendTls,
     pub affinity_header: Option<http::HeaderName>,
+    /// See [`spec::ServiceOptions::response_header_timeout`].
+    pub response_header_timeout: Option<std::time::Duration>,
 }
 
 /// Where a service's requests go while none of its servers is in rotation.

@@ -68,6 +68,9 @@ pub struct ServiceOptions {
     /// A request header whose value pins a client when it carries no cookie (gRPC clients
     /// that keep no cookies send a metadata key instead).
     pub affinity_header: Option<String>,
+    /// This service's own wait for response headers, instead of
+    /// `--forwardingtimeouts.responseheadertimeout` (a gRPC client's deadline still wins).
+    pub response_header_timeout: Option<Duration>,
 }
 
 /// The protocol limpet speaks to a service's backends.
@@ -124,6 +127,7 @@ impl Default for ServiceOptions {
             protocol: BackendProtocol::default(),
             backend_tls: BackendTls::default(),
             affinity_header: None,
+            response_header_timeout: None,
         }
     }
 }

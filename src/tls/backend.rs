@@ -1,8 +1,9 @@
 //! TLS towards backends (Apigee's SSLInfo): whom to trust, which name to verify, which
 //! client certificate to present.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -22,6 +23,46 @@ pub struct BackendTls {
     /// Accept any certificate. Logged as a warning: it removes the point of TLS.
     pub insecure: bool,
 }
+
+impl BackendTls {
+    /// The files this configuration is read from.
+    pub fn files(&self) -> Vec<&Path> {
+        let mut files: Vec<&Path> = self.ca.iter().map(PathBuf::as_path).collect();
+        if let Some(pair) = &self.client_cert {
+            files.extend([pair.cert.as_path(), pair.key.as_path()]);
+        }
+        files
+    }
+
+    /// What its files look like now, to tell when they change.
+    pub fn stamp(&self) -> FilesStamp {
+        FilesStamp(
+            self.files()
+                .into_iter()
+                .map(|f| {
+                    std::fs::metadata(f)
+                        .ok()
+                        .map(|m| (m.modified().ok(), m.len()))
+                })
+                .collect(),
+        )
+    }
+
+    /// The files, for a log line.
+    pub fn describe_files(&self) -> String {
+        let names: Vec<String> = self
+            .files()
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        names.join(", ")
+    }
+}
+
+/// Modification time and length of each file of a [`BackendTls`] (`None`: unreadable). A
+/// Docker secret or an edited file changes one or the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesStamp(Vec<Option<(Option<SystemTime>, u64)>>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendTlsError {

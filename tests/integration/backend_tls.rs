@@ -6,10 +6,13 @@
 use crate::support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use support::certs::{self_signed, Ca};
 use support::edge::{backend_tls, spawn_tls_backend, Speaks, TlsBackend};
-use support::{eventually, logs, spawn_limpet_with_file, Limpet};
+use support::{
+    eventually, logs, spawn_limpet, spawn_limpet_with_file, within, Limpet, Options, Req,
+};
 
 /// A limpet routing `app.test` to `backend` with `protocol` and a `[backend_tls]` table.
 async fn limpet_for(backend: &TlsBackend, protocol: &str, backend_tls: &str) -> Limpet {
@@ -199,10 +202,44 @@ async fn h2_speaks_http2_over_tls_to_the_backend() {
     let seen = backend.requests().pop().expect("a request");
     assert_eq!(seen.target, "/two");
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    // The client's host, not the backend's address, as an HTTP/1.1 backend gets in Host.
+    assert_eq!(seen.authority.as_deref(), Some("app.test"));
+    assert_eq!(seen.header("host"), None, "no second copy of the authority");
     assert_eq!(
         backend.server_names().len(),
         1,
         "one pooled HTTP/2 connection carries every request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_backends_see_the_clients_authority_on_one_connection() {
+    let backend = spawn_tls_backend("b", Speaks::Plain).await;
+    let limpet = spawn_limpet_with_file(&format!(
+        "[services.api]\nrule = \"Host:app.test\"\nprotocol = \"h2c\"\n\
+         servers = [{{ url = \"{}\" }}]\n\n\
+         [services.raw]\nrule = \"Host:raw.test\"\nprotocol = \"h2c\"\n\
+         pass_host_header = false\nservers = [{{ url = \"{}\" }}]\n",
+        backend.url, backend.url
+    ))
+    .await;
+    for _ in 0..3 {
+        let reply = limpet.get("/one").await;
+        assert_eq!((reply.status.as_u16(), reply.text()), (200, "b HTTP/2.0"));
+    }
+    let seen = backend.requests().pop().expect("a request");
+    assert_eq!(seen.authority.as_deref(), Some("app.test"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("app.test"));
+
+    // With the client's host switched off, the backend's own address, as for HTTP/1.1.
+    let reply = limpet.send(Req::get("/two").host("raw.test")).await;
+    assert_eq!(reply.status.as_u16(), 200, "{reply:?}");
+    let seen = backend.requests().pop().expect("a request");
+    assert_eq!(seen.authority, Some(backend.addr.to_string()));
+    assert_eq!(
+        backend.connections(),
+        1,
+        "one HTTP/2 connection per backend carries every request, whatever their hosts"
     );
 }
 
@@ -221,4 +258,99 @@ async fn an_unreadable_ca_bundle_is_a_502_naming_the_file() {
         logs::count(&["WARN", "`api`", &named]) > 0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_ca_bundle_is_picked_up_and_a_bad_one_is_not() {
+    logs::capture();
+    let ca = Ca::new("reload-ca");
+    let stranger = Ca::new("reload-stranger");
+    let leaf = ca.server("backend", &["127.0.0.1"]);
+    let backend =
+        spawn_tls_backend("b", Speaks::Tls(backend_tls(&leaf, None, &[b"http/1.1"]))).await;
+    // limpet's own copy of the bundle, which the test replaces as a secret update would.
+    let bundle = stranger.dir.path().join("bundle.pem");
+    let replace = |pem: &str| {
+        let aside = bundle.with_extension("new");
+        std::fs::write(&aside, pem).unwrap();
+        std::fs::rename(&aside, &bundle).unwrap();
+    };
+    replace(&stranger.pem);
+    let mut options = Options::default();
+    // Pooled connections go quickly, so that later requests need new handshakes.
+    options.proxy.idle_conn_timeout = Duration::from_millis(100);
+    let limpet = spawn_limpet(
+        &format!(
+            "{}\n[services.api.passive_health]\nmax_failures = 1000\n",
+            config(&backend, "https", &format!("ca = \"{}\"", path(&bundle)))
+        ),
+        options,
+    )
+    .await;
+    assert_eq!(
+        limpet.get("/").await.status,
+        502,
+        "the bundle does not know the CA"
+    );
+
+    replace(&ca.pem);
+    within("limpet to trust the replaced bundle", async {
+        while limpet.get("/").await.status != 200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    eventually("a log line naming the new files", || {
+        logs::count(&["INFO", "backend TLS files changed", &path(&bundle)]) > 0
+    })
+    .await;
+
+    // A bundle that cannot be used: said once, and the previous one stays, for new
+    // connections too. Files are looked at when the client is used.
+    replace("not a certificate\n");
+    let before = backend.connections();
+    within("a warning, then a request on a new connection", async {
+        while backend.connections() == before
+            || logs::count(&["WARN", "cannot be used", &path(&bundle)]) == 0
+        {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let reply = limpet.get("/").await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+    })
+    .await;
+    assert_eq!(
+        logs::count(&["WARN", "cannot be used", &path(&bundle)]),
+        1,
+        "the bad file is reported once, not on every request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_backend_connection_is_closed_and_redialled_on_demand() {
+    let backend = spawn_tls_backend("b", Speaks::Plain).await;
+    let mut options = Options::default();
+    options.proxy.idle_conn_timeout = Duration::from_millis(200);
+    let limpet = spawn_limpet(
+        &format!(
+            "[services.api]\nrule = \"Host:app.test\"\nprotocol = \"h2c\"\n\
+             servers = [{{ url = \"{}\" }}]\n",
+            backend.url
+        ),
+        options,
+    )
+    .await;
+    assert_eq!(limpet.get("/").await.status, 200);
+    assert_eq!(backend.connections(), 1);
+    eventually("limpet to close its idle connection", || {
+        backend.open_connections() == 0
+    })
+    .await;
+    let reply = limpet.get("/again").await;
+    assert_eq!((reply.status.as_u16(), reply.text()), (200, "b HTTP/2.0"));
+    assert_eq!(
+        backend.connections(),
+        2,
+        "a new connection for the next request"
+    );
 }

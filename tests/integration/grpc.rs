@@ -60,11 +60,17 @@ struct CountRequest {
     /// After this many messages, end with an error status instead (0: never).
     #[prost(uint32, tag = "2")]
     fail_after: u32,
+    /// Time between messages (0: all at once).
+    #[prost(uint32, tag = "3")]
+    interval_ms: u32,
 }
 
 const SAY: &str = "/test.Echo/Say";
 const COUNT: &str = "/test.Echo/Count";
 const CHAT: &str = "/test.Echo/Chat";
+
+/// Where the server's record of a call keeps the `:authority` it arrived with.
+const SEEN_AUTHORITY: &str = "x-test-seen-authority";
 
 /// The tonic server: answers with its name, records each call's metadata, and reports
 /// calls that were cancelled before they finished.
@@ -91,7 +97,15 @@ impl Service<http::Request<tonic::body::Body>> for Echo {
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let echo = self.clone();
         Box::pin(async move {
-            echo.calls.lock().unwrap().push(req.headers().clone());
+            // The call's `:authority` is kept with its metadata, under a name no client sends.
+            let mut seen = req.headers().clone();
+            if let Some(authority) = req.uri().authority() {
+                seen.insert(
+                    SEEN_AUTHORITY,
+                    authority.as_str().parse().expect("a header-safe authority"),
+                );
+            }
+            echo.calls.lock().unwrap().push(seen);
             Ok(match req.uri().path() {
                 SAY => {
                     let codec = ProstCodec::<SayReply, SayRequest>::default();
@@ -196,7 +210,17 @@ impl tonic::server::ServerStreamingService<CountRequest> for Count {
                     backend: name.clone(),
                 }));
             }
-            let stream: BoxStream<SayReply> = Box::pin(futures_util::stream::iter(items));
+            let interval = Duration::from_millis(msg.interval_ms.into());
+            let paced = futures_util::StreamExt::then(
+                futures_util::stream::iter(items.into_iter().enumerate()),
+                move |(i, item)| async move {
+                    if i > 0 {
+                        tokio::time::sleep(interval).await;
+                    }
+                    item
+                },
+            );
+            let stream: BoxStream<SayReply> = Box::pin(paced);
             Ok(Response::new(stream))
         })
     }
@@ -389,6 +413,7 @@ async fn unary_and_server_streaming_calls_over_tls() {
     assert_eq!(seen["content-type"], "application/grpc");
     assert_eq!(seen["te"], "trailers", "gRPC needs TE: trailers end to end");
     assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen[SEEN_AUTHORITY], "grpc.test", "the client's authority");
 
     let mut client = tonic::client::Grpc::new(channel.clone());
     client.ready().await.unwrap();
@@ -398,6 +423,7 @@ async fn unary_and_server_streaming_calls_over_tls() {
             Request::new(CountRequest {
                 count: 5,
                 fail_after: 0,
+                interval_ms: 0,
             }),
             COUNT.parse().unwrap(),
             ProstCodec::<CountRequest, SayReply>::default(),
@@ -452,6 +478,7 @@ async fn error_statuses_and_their_trailers_arrive_intact() {
             Request::new(CountRequest {
                 count: 10,
                 fail_after: 3,
+                interval_ms: 0,
             }),
             COUNT.parse().unwrap(),
             ProstCodec::<CountRequest, SayReply>::default(),
@@ -635,6 +662,7 @@ async fn h2c_on_the_plain_entrypoint_carries_grpc_too() {
         .expect("an h2c connection");
     let reply = say(&channel, Request::new(text("plain"))).await.unwrap();
     assert_eq!(reply.get_ref().backend, "s1");
+    assert_eq!(server.last_call()[SEEN_AUTHORITY], "grpc.test");
     assert_eq!(server.last_call()["x-forwarded-proto"], "http");
 }
 
@@ -705,6 +733,11 @@ async fn grpc_to_a_tls_backend_with_protocol_h2() {
         .await
         .expect("OK");
     assert_eq!(reply.get_ref().backend, "s1");
+    assert_eq!(
+        server.last_call()[SEEN_AUTHORITY],
+        "grpc.test",
+        "the client's authority, not the backend's address"
+    );
     let status = say(
         &channel,
         Request::new(SayRequest {
@@ -766,4 +799,208 @@ async fn a_long_stream_may_carry_more_than_the_largest_request_body() {
         assert_eq!(reply.text.len(), chunk.len() + 4);
         tx.send(text(&chunk)).unwrap();
     }
+}
+
+/// limpet in front of one h2c tonic server, waiting `header_timeout` for response headers.
+async fn limpet_with_header_timeout(ca: &Ca, server: &Server, header_timeout: Duration) -> Edge {
+    let leaf = ca.server("grpc", &["grpc.test"]);
+    let mut options = EdgeOptions::new(vec![leaf.files]);
+    options.proxy.response_header_timeout = header_timeout;
+    spawn_edge(
+        &format!(
+            "[services.grpc]\nrule = \"Host:grpc.test\"\nprotocol = \"h2c\"\nservers = {}\n",
+            support::servers(&[&server.url])
+        ),
+        options,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outlasting_the_response_header_timeout_is_not_cut() {
+    let ca = Ca::new("grpc-long-stream");
+    let server = spawn_server("s1").await;
+    let edge = limpet_with_header_timeout(&ca, &server, Duration::from_millis(300)).await;
+    let channel = channel(&edge, &ca).await;
+    let mut client = tonic::client::Grpc::new(channel.clone());
+    client.ready().await.unwrap();
+    // Headers at once, then eight messages over about a second: the timeout is for the
+    // headers, not for the call.
+    let mut stream = within(
+        "the stream to start",
+        client.server_streaming(
+            Request::new(CountRequest {
+                count: 8,
+                fail_after: 0,
+                interval_ms: 150,
+            }),
+            COUNT.parse().unwrap(),
+            ProstCodec::<CountRequest, SayReply>::default(),
+        ),
+    )
+    .await
+    .expect("the stream starts")
+    .into_inner();
+    let mut got = Vec::new();
+    while let Some(item) = within("a message", stream.message())
+        .await
+        .expect("no error")
+    {
+        got.push(item.text);
+    }
+    assert_eq!(got, ["0", "1", "2", "3", "4", "5", "6", "7"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_deadline_bounds_the_wait_for_headers_instead_of_the_timeout() {
+    let ca = Ca::new("grpc-deadline-wait");
+    let server = spawn_server("s1").await;
+    let edge = limpet_with_header_timeout(&ca, &server, Duration::from_millis(300)).await;
+    let channel = channel(&edge, &ca).await;
+
+    // A unary call sends its headers with its answer, after the work; the client allows
+    // longer than limpet's header timeout, and gets its answer.
+    let mut request = Request::new(SayRequest {
+        work_ms: 900,
+        ..text("patient")
+    });
+    request.set_timeout(Duration::from_secs(8));
+    let reply = say(&channel, request)
+        .await
+        .expect("answered within the deadline");
+    assert_eq!(reply.get_ref().text, "patient");
+
+    // Without a deadline, limpet's header timeout ends the call, with a gRPC status the
+    // client can act on, and the server's work is cancelled.
+    let status = say(
+        &channel,
+        Request::new(SayRequest {
+            work_ms: 60_000,
+            ..text("forever")
+        }),
+    )
+    .await
+    .expect_err("cut by the header timeout");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("did not answer within 300 ms"),
+        "{status:?}"
+    );
+    assert_eq!(server.cancellation().await, "forever");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_passed_while_waiting_is_deadline_exceeded() {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use prost::Message as _;
+
+    // A backend that never answers and does not enforce deadlines itself (a tonic server
+    // would end the call with its own CANCELLED, racing limpet): an h2c server that only
+    // reports the metadata each call arrived with.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived, mut arrivals) = mpsc::unbounded_channel::<HeaderMap>();
+    let backend = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let arrived = arrived.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                    let _ = arrived.send(req.headers().clone());
+                    std::future::pending::<Result<http::Response<Full<bytes::Bytes>>, Infallible>>()
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+
+    let ca = Ca::new("grpc-deadline-status");
+    let leaf = ca.server("grpc", &["grpc.test"]);
+    let mut options = EdgeOptions::new(vec![leaf.files]);
+    options.h2c = true;
+    let edge = spawn_edge(
+        &format!(
+            "[services.grpc]\nrule = \"Host:grpc.test\"\nprotocol = \"h2c\"\nservers = {}\n",
+            support::servers(&[&format!("http://{addr}")])
+        ),
+        options,
+    )
+    .await;
+    // A bare HTTP/2 client, which, unlike tonic, does not enforce the deadline it sends:
+    // what comes back is limpet's answer.
+    let stream = tokio::net::TcpStream::connect(edge.plain).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(connection);
+    let message = text("late").encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend((message.len() as u32).to_be_bytes());
+    frame.extend(message);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://grpc.test{SAY}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(Full::new(bytes::Bytes::from(frame)))
+        .unwrap();
+    let response = within("limpet's answer", sender.send_request(request))
+        .await
+        .expect("an answer");
+    let seen = within("the call to reach the backend", arrivals.recv())
+        .await
+        .expect("the backend runs");
+    assert_eq!(
+        seen["grpc-timeout"], "300m",
+        "the deadline goes on to the server"
+    );
+    assert_eq!(response.status(), 200, "gRPC failures travel as statuses");
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert_eq!(
+        headers["grpc-status"], "4",
+        "DEADLINE_EXCEEDED: {headers:?}"
+    );
+    assert!(
+        headers["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("deadline (300 ms)"),
+        "{headers:?}"
+    );
+    backend.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_own_header_timeout_replaces_the_global_one() {
+    let ca = Ca::new("grpc-service-timeout");
+    let server = spawn_server("s1").await;
+    let leaf = ca.server("grpc", &["grpc.test"]);
+    let mut options = EdgeOptions::new(vec![leaf.files]);
+    options.proxy.response_header_timeout = Duration::from_millis(300);
+    let edge = spawn_edge(
+        &format!(
+            "[services.grpc]\nrule = \"Host:grpc.test\"\nprotocol = \"h2c\"\n\
+             response_header_timeout = \"5s\"\nservers = {}\n",
+            support::servers(&[&server.url])
+        ),
+        options,
+    )
+    .await;
+    let channel = channel(&edge, &ca).await;
+    // No deadline, work longer than the global timeout, shorter than the service's.
+    let reply = say(
+        &channel,
+        Request::new(SayRequest {
+            work_ms: 900,
+            ..text("slow service")
+        }),
+    )
+    .await
+    .expect("answered within the service's timeout");
+    assert_eq!(reply.get_ref().text, "slow service");
 }

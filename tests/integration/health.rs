@@ -478,3 +478,114 @@ async fn removing_a_health_check_brings_back_the_servers_it_had_taken_out() {
     })
     .await;
 }
+
+/// Whether limpet has the server at `addr` of `service` in rotation.
+fn addr_in_rotation(l: &Limpet, service: &str, addr: std::net::SocketAddr) -> bool {
+    let table = l.table();
+    let svc = table
+        .services
+        .iter()
+        .find(|s| &*s.name == service)
+        .unwrap_or_else(|| panic!("no service {service}"));
+    svc.servers
+        .iter()
+        .find(|s| s.authority.as_str() == addr.to_string())
+        .unwrap_or_else(|| panic!("{addr} is not a server of {service}"))
+        .is_up(now_ms())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_monitor_probes_tls_backends_with_the_services_ca() {
+    use crate::support::certs::Ca;
+    use crate::support::edge::{backend_tls, spawn_tls_backend, Speaks};
+    use crate::support::logs;
+
+    logs::capture();
+    let ca = Ca::new("probe-tls");
+    let leaf = ca.server("backend", &["127.0.0.1"]);
+    let config = backend_tls(&leaf, None, &[b"http/1.1"]);
+    let a = spawn_tls_backend("a", Speaks::Tls(config.clone())).await;
+    let b = spawn_tls_backend("b", Speaks::Tls(config)).await;
+    // The service's own copy of the bundle, replaced later as a secret update would.
+    let bundle = ca.dir.path().join("bundle.pem");
+    let replace = |pem: &str| {
+        let aside = bundle.with_extension("new");
+        std::fs::write(&aside, pem).unwrap();
+        std::fs::rename(&aside, &bundle).unwrap();
+    };
+    replace(&ca.pem);
+    let l = Limpet::start(&format!(
+        r#"
+[services.web]
+rule = "PathPrefix:/"
+protocol = "https"
+servers = [{{ url = "{}" }}, {{ url = "{}" }}]
+health_check = {{ path = "/health", tls = true, interval = "100ms", rise = 1, fall = 1 }}
+[services.web.backend_tls]
+ca = "{}"
+"#,
+        a.url,
+        b.url,
+        bundle.display()
+    ))
+    .await;
+    let probed = |backend: &crate::support::edge::TlsBackend| {
+        backend
+            .requests()
+            .iter()
+            .filter(|r| r.target == "/health")
+            .count()
+    };
+    eventually("both TLS backends to be probed", LIMIT, || async {
+        probed(&a) > 0 && probed(&b) > 0
+    })
+    .await;
+    assert_eq!(a.handshake_failures(), 0, "the probe verified with the CA");
+    assert!(addr_in_rotation(&l, "web", a.addr) && addr_in_rotation(&l, "web", b.addr));
+
+    a.set_health(503);
+    eventually("a failing HTTPS probe to take a out", LIMIT, || async {
+        !addr_in_rotation(&l, "web", a.addr)
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(l.client.get("/").await.backend().as_deref(), Some("b"));
+    }
+    a.set_health(200);
+    eventually("a passing HTTPS probe to bring a back", LIMIT, || async {
+        addr_in_rotation(&l, "web", a.addr)
+    })
+    .await;
+    eventually("traffic to reach a again", LIMIT, || async {
+        l.client.get("/").await.backend().as_deref() == Some("a")
+    })
+    .await;
+
+    // A bundle that cannot be used is reported, and the probes go on with the previous one:
+    // servers that answer stay in rotation.
+    replace("not a certificate\n");
+    eventually("a warning naming the bad bundle", LIMIT, || async {
+        logs::count(&[
+            "WARN",
+            "health probes keep the previous ones",
+            &bundle.display().to_string(),
+        ]) > 0
+    })
+    .await;
+    let probes = probed(&a);
+    eventually("more probes after the bad bundle", LIMIT, || async {
+        probed(&a) > probes + 2
+    })
+    .await;
+    assert!(addr_in_rotation(&l, "web", a.addr) && addr_in_rotation(&l, "web", b.addr));
+    assert_eq!(a.handshake_failures(), 0);
+
+    // A backend whose certificate the bundle does not vouch for fails its probe.
+    let stranger = Ca::new("probe-tls-stranger");
+    replace(&stranger.pem);
+    eventually("untrusted backends to be taken out", LIMIT, || async {
+        !addr_in_rotation(&l, "web", a.addr) && !addr_in_rotation(&l, "web", b.addr)
+    })
+    .await;
+    assert!(a.handshake_failures() > 0);
+}

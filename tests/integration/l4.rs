@@ -595,3 +595,76 @@ async fn tcp_connections_beyond_the_limit_are_closed_and_the_place_comes_back() 
     })
     .await;
 }
+
+/// Whether the server at `addr` of the TCP route on `port` takes new connections.
+fn takes_new(limpet: &Limpet, port: u16, addr: std::net::SocketAddr) -> bool {
+    let table = limpet.table.load_full();
+    let route = &table.l4_routes(Protocol::Tcp, port)[0];
+    let server = route
+        .servers
+        .iter()
+        .find(|s| s.addr == addr)
+        .unwrap_or_else(|| panic!("{addr} is not a server of the route"));
+    server.takes_new(limpet::table::state::now_ms())
+}
+
+#[tokio::test]
+async fn a_tcp_monitor_takes_a_dead_server_out_and_brings_it_back() {
+    let a = tcp_greeter("a").await;
+    let b = tcp_greeter("b").await;
+    let b_addr = b.addr;
+    let port = free_tcp_port();
+    let limpet = limpet(&format!(
+        "[tcp.r]\nfront_port = {port}\nbalance = \"roundrobin\"\nservers = {}\n\
+         health_check = {{ interval = \"100ms\", connect_timeout = \"1s\", rise = 1, fall = 1 }}\n",
+        servers(&[a.addr, b.addr])
+    ))
+    .await;
+    let _ = connect_when_listening(port).await;
+    let eventually = |what: &'static str, up: bool| {
+        let limpet = &limpet;
+        within(what, async move {
+            while takes_new(limpet, port, b_addr) != up {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    drop(b);
+    eventually("the monitor to take b out", false).await;
+    // Out before any client met it: every connection goes to a.
+    for _ in 0..4 {
+        assert_eq!(greeting(port).await.0, "a");
+    }
+
+    let _b = tcp_greeter_on("b", b_addr).await;
+    eventually("the monitor to bring b back", true).await;
+    let mut names = BTreeSet::new();
+    for _ in 0..4 {
+        names.insert(greeting(port).await.0);
+    }
+    assert_eq!(names, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+}
+
+#[tokio::test]
+async fn with_start_down_a_tcp_server_takes_nothing_before_its_first_pass() {
+    let a = tcp_greeter("a").await;
+    let never = front(free_tcp_port());
+    let port = free_tcp_port();
+    let limpet = limpet(&format!(
+        "[tcp.r]\nfront_port = {port}\nbalance = \"roundrobin\"\nservers = {}\n\
+         health_check = {{ interval = \"1h\", start_down = true }}\n",
+        servers(&[never, a.addr])
+    ))
+    .await;
+    let _ = connect_when_listening(port).await;
+    // The first probe fails and the next is an hour away: `never` stays out, a is in.
+    assert!(!takes_new(&limpet, port, never));
+    within("a's first probe to pass", async {
+        while !takes_new(&limpet, port, a.addr) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(greeting(port).await.0, "a");
+}

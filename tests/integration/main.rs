@@ -11,6 +11,7 @@ mod backpressure;
 mod balancing;
 mod bodies;
 mod cli;
+mod client_timeouts;
 mod file_reload;
 mod grpc;
 mod headers;

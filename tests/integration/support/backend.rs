@@ -61,6 +61,9 @@ pub struct Seen {
     /// Path and query, as forwarded.
     pub target: String,
     pub headers: HeaderMap,
+    /// The request target's authority: HTTP/2's `:authority`, absent in HTTP/1.1's
+    /// origin form.
+    pub authority: Option<String>,
 }
 
 impl Seen {
@@ -222,6 +225,7 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Response<BackendBo
         method: req.method().clone(),
         target: target.clone(),
         headers: req.headers().clone(),
+        authority: req.uri().authority().map(ToString::to_string),
     });
     let name = state.name.as_str();
     match state.mode {
@@ -377,6 +381,7 @@ async fn cut_off(mut stream: TcpStream, state: Arc<State>) {
         method: start.next().unwrap_or_default().parse().unwrap_or_default(),
         target: start.next().unwrap_or_default().to_owned(),
         headers,
+        authority: None,
     });
     let response: &[u8] = match state.mode {
         Mode::Close => return,

@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -282,6 +282,12 @@ pub struct TlsBackend {
     handshake_failures: Arc<AtomicUsize>,
     /// The server name each TLS client asked for.
     names: Arc<Mutex<Vec<Option<String>>>>,
+    /// TCP connections accepted so far.
+    accepted: Arc<AtomicUsize>,
+    /// TCP connections open now.
+    open: Arc<AtomicUsize>,
+    /// The status `/health` answers.
+    health: Arc<AtomicU16>,
     task: JoinHandle<()>,
 }
 
@@ -298,6 +304,21 @@ impl TlsBackend {
     /// The SNI of every TLS connection accepted so far.
     pub fn server_names(&self) -> Vec<Option<String>> {
         self.names.lock().unwrap().clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Makes `/health` answer `status` (200 at first).
+    pub fn set_health(&self, status: u16) {
+        self.health.store(status, Ordering::SeqCst);
     }
 }
 
@@ -348,6 +369,12 @@ pub async fn spawn_tls_backend(name: &str, speaks: Speaks) -> TlsBackend {
     let requests = Arc::new(Mutex::new(Vec::new()));
     let handshake_failures = Arc::new(AtomicUsize::new(0));
     let names = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
+    let open = Arc::new(AtomicUsize::new(0));
+    let open_now = Arc::clone(&open);
+    let health = Arc::new(AtomicU16::new(200));
+    let health_status = Arc::clone(&health);
     let acceptor = match speaks {
         Speaks::Plain => None,
         Speaks::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config)),
@@ -364,14 +391,19 @@ pub async fn spawn_tls_backend(name: &str, speaks: Speaks) -> TlsBackend {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let open_now = Arc::clone(&open_now);
+            open_now.fetch_add(1, Ordering::SeqCst);
             let (seen, failures, own) = (Arc::clone(&seen), Arc::clone(&failures), own.clone());
+            let health = Arc::clone(&health_status);
             let sni = Arc::clone(&sni);
             let acceptor = acceptor.clone();
             // Owned by the set, so aborting the backend closes its connections too.
             connections.spawn(async move {
                 let service = service_fn(move |req| {
                     let (seen, own) = (Arc::clone(&seen), own.clone());
-                    async move { Ok::<_, Infallible>(answer(&own, &seen, req)) }
+                    let health = health.load(Ordering::SeqCst);
+                    async move { Ok::<_, Infallible>(answer(&own, &seen, health, req)) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 match acceptor {
@@ -391,6 +423,7 @@ pub async fn spawn_tls_backend(name: &str, speaks: Speaks) -> TlsBackend {
                         }
                     },
                 }
+                open_now.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
@@ -401,25 +434,39 @@ pub async fn spawn_tls_backend(name: &str, speaks: Speaks) -> TlsBackend {
         requests,
         handshake_failures,
         names,
+        accepted,
+        open,
+        health,
         task,
     }
 }
 
-fn answer(name: &str, seen: &Mutex<Vec<Seen>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(
+    name: &str,
+    seen: &Mutex<Vec<Seen>>,
+    health: u16,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let target = req
         .uri()
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+    let req_path = req.uri().path().to_owned();
     seen.lock().unwrap().push(Seen {
         method: req.method().clone(),
         target,
         headers: req.headers().clone(),
+        authority: req.uri().authority().map(ToString::to_string),
     });
     let mut response = Response::new(Full::new(Bytes::from(format!(
         "{name} {:?}",
         req.version()
     ))));
-    *response.status_mut() = StatusCode::OK;
+    *response.status_mut() = if req_path == "/health" {
+        StatusCode::from_u16(health).expect("a valid status")
+    } else {
+        StatusCode::OK
+    };
     response
         .headers_mut()
         .insert("x-backend", name.parse().expect("a header-safe name"));

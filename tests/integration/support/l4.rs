@@ -51,6 +51,8 @@ pub fn free_udp_port() -> u16 {
 /// limpet's publisher, file watcher and L4 listener manager, bound on 127.0.0.1.
 pub struct Limpet {
     pub file: PathBuf,
+    /// The published table, to see which servers are in rotation.
+    pub table: limpet::discovery::SharedTable,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -111,9 +113,11 @@ pub async fn limpet_with(toml: &str, options: Options) -> Limpet {
         },
         options.reserved,
     ));
+    let health = tokio::spawn(limpet::health::supervise(publisher.table(), "test".into()));
     Limpet {
         file: path,
-        tasks: vec![watcher, manager],
+        table: publisher.table(),
+        tasks: vec![watcher, manager, health],
     }
 }
 
@@ -190,9 +194,15 @@ where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .expect("bind a backend");
+    tcp_backend_on((Ipv4Addr::LOCALHOST, 0).into(), serve).await
+}
+
+async fn tcp_backend_on<F, Fut>(addr: SocketAddr, serve: F) -> Backend
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await.expect("bind a backend");
     let addr = listener.local_addr().expect("backend address");
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -215,7 +225,12 @@ pub async fn tcp_echo() -> Backend {
 
 /// Says `<name>\n` as soon as a connection opens (a server that speaks first), then echoes.
 pub async fn tcp_greeter(name: &'static str) -> Backend {
-    tcp_backend(move |mut s| async move {
+    tcp_greeter_on(name, (Ipv4Addr::LOCALHOST, 0).into()).await
+}
+
+/// A greeter on a given address: the same server back after it went away.
+pub async fn tcp_greeter_on(name: &'static str, addr: SocketAddr) -> Backend {
+    tcp_backend_on(addr, move |mut s| async move {
         if s.write_all(format!("{name}\n").as_bytes()).await.is_err() {
             return;
         }
