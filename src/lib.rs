@@ -42,7 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use config::Config;
-use discovery::Publisher;
+use discovery::{ControlPlane, Publisher};
 use table::spec::Provider;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,8 @@ pub enum StartError {
     KeyFile(#[from] sticky::seal::KeyFileError),
     #[error("TLS entrypoint: {0}")]
     Tls(#[from] tls::certs::CertError),
+    #[error("cannot start the control-plane thread: {0}")]
+    ControlPlane(#[source] std::io::Error),
 }
 
 /// Runs limpet until `shutdown` completes: binds the listeners, starts the providers, and
@@ -103,11 +105,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let publisher = Arc::new(Publisher::new(expected, sticky));
     let mut background = Vec::new();
+    let control = ControlPlane::start().map_err(StartError::ControlPlane)?;
 
     if let Some(file) = config.file {
         let (specs, text) = discovery::file::read_initial(&file.path)?;
         publisher.update(Provider::File, specs);
-        background.push(tokio::spawn(discovery::file::watch(
+        background.push(control.spawn(discovery::file::watch(
             file.path,
             file.poll_interval,
             Arc::clone(&publisher),
@@ -115,10 +118,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )));
     }
     if let Some(docker) = config.docker {
-        background.push(tokio::spawn(discovery::docker::watch(
-            docker,
-            Arc::clone(&publisher),
-        )));
+        background.push(control.spawn(discovery::docker::watch(docker, Arc::clone(&publisher))));
     }
 
     background.push(tokio::spawn(health::supervise(
@@ -192,6 +192,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     for task in background {
         task.abort();
     }
+    drop(control);
     Ok(())
 }
 

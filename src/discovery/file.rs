@@ -640,23 +640,16 @@ pub async fn watch(path: PathBuf, interval: Duration, publisher: Arc<Publisher>,
         if text == last {
             continue;
         }
-        // Parsing a large file takes milliseconds: not on a request worker.
-        let (parsed, text_back) = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || (parse(&path, &text), text))
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-        };
-        match parsed {
+        match parse(&path, &text) {
             Ok(specs) => {
                 tracing::info!(file = %path.display(), "file changed; reloading");
-                publisher.update_off_workers(Provider::File, specs).await;
+                publisher.update(Provider::File, specs);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring the edit; keeping the last good configuration")
             }
         }
-        last = text_back;
+        last = text;
     }
 }
 

@@ -6,9 +6,12 @@
 //! - `publish`: merges provider snapshots, builds and swaps the table, logs it.
 //! - `file`: the static file provider (TOML), reloaded when the file changes.
 //! - `docker`: the Swarm/container watcher (bollard), polling and following events.
+//! - `thread`: the thread the providers run on, apart from and below the request workers.
 
 pub mod docker;
 pub mod file;
 mod publish;
+mod thread;
 
 pub use publish::{Publisher, SharedTable};
+pub use thread::{ControlPlane, THREAD_NAME};

@@ -61,21 +61,8 @@ impl Publisher {
         Arc::clone(&self.table)
     }
 
-    /// [`update`](Self::update) on the blocking pool. Building a table of thousands of
-    /// servers takes milliseconds, and requests must never wait for the control plane, so
-    /// providers running on the request workers' runtime publish through this.
-    pub async fn update_off_workers(
-        self: &Arc<Self>,
-        provider: Provider,
-        services: Vec<ServiceSpec>,
-    ) -> bool {
-        let publisher = Arc::clone(self);
-        tokio::task::spawn_blocking(move || publisher.update(provider, services))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-    }
-
-    /// Replaces one provider's services. Returns whether a new table was published.
+    /// Replaces one provider's services. Returns whether a new table was published. Takes
+    /// milliseconds for large tables: providers call it from the control-plane thread.
     pub fn update(&self, provider: Provider, mut services: Vec<ServiceSpec>) -> bool {
         services.sort_by(|a, b| a.name.cmp(&b.name));
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());

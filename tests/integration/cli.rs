@@ -288,3 +288,61 @@ fn sigterm_stops_limpet_cleanly_from_the_moment_it_listens() {
         assert!(log.contains("shutting down"), "round {round}: {log}");
     }
 }
+
+/// Field 19 of /proc/<pid>/task/<tid>/stat: the thread's niceness.
+fn niceness(stat: &str) -> i32 {
+    // The command name (field 2) may hold spaces; count from after its closing parenthesis.
+    let after = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    after
+        .split(' ')
+        .nth(16)
+        .expect("field 19")
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn the_providers_run_on_their_own_thread_below_the_workers_priority() {
+    let file = TempFile::new(
+        "control",
+        "[services.a]\nrule = \"PathPrefix:/\"\nservers = [{ url = \"http://127.0.0.1:9\" }]\n",
+    );
+    let entrypoint = free_addr().to_string();
+    let mut running = Running::start(&["--file.filename", &file.0, "--entrypoint", &entrypoint]);
+    let deadline = Instant::now() + support::PATIENCE;
+    while !running.stderr().contains("entrypoint listening") {
+        running.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "not listening: {}",
+            running.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = running.child.id();
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task list") {
+        let dir = task.expect("task entry").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).expect("comm");
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        threads.push((comm.trim().to_owned(), niceness(&stat)));
+    }
+    let control: Vec<_> = threads
+        .iter()
+        .filter(|(name, _)| name == limpet::discovery::THREAD_NAME)
+        .collect();
+    assert!(!control.is_empty(), "threads: {threads:?}");
+    let workers: Vec<_> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("tokio-rt-worker"))
+        .collect();
+    assert!(!workers.is_empty(), "threads: {threads:?}");
+    let worker_nice = workers[0].1;
+    assert!(
+        workers.iter().all(|(_, nice)| *nice == worker_nice),
+        "threads: {threads:?}"
+    );
+    for (_, nice) in &control {
+        assert_eq!(*nice, (worker_nice + 10).min(19), "threads: {threads:?}");
+    }
+}

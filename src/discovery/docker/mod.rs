@@ -322,7 +322,7 @@ fn mark(event: &bollard::models::EventMessage, swarm_mode: bool) -> Option<Mark>
 async fn poll(
     docker: &Docker,
     settings: &DockerSettings,
-    publisher: &Arc<Publisher>,
+    publisher: &Publisher,
     problems: &mut ProblemLog,
     memory: &mut LabelMemory,
     marks: &mut Marks,
@@ -342,7 +342,7 @@ async fn poll(
         convert::containers_remembering(&containers, &settings.defaults, marks, memory)
     };
     problems.report(found);
-    publisher.update_off_workers(Provider::Docker, specs).await;
+    publisher.update(Provider::Docker, specs);
     Ok(())
 }
 
