@@ -627,6 +627,7 @@ pub async fn watch(path: PathBuf, interval: Duration, publisher: Arc<Publisher>,
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        publisher.sweep();
         let text = match tokio::fs::read_to_string(&path).await {
             Ok(t) => t,
             Err(e) => {

@@ -32,6 +32,10 @@ struct State {
     published: Option<Readiness>,
     /// Runtime state of the servers, handed from each table to the next.
     states: StateRegistry,
+    /// Tables swapped out that a request may still hold. They are dropped here once nothing
+    /// else holds them: otherwise the request finishing last would free thousands of servers
+    /// on a worker, and worse, wait for allocator locks held by this lower-priority thread.
+    retired: Vec<Arc<Table>>,
 }
 
 impl Publisher {
@@ -102,10 +106,25 @@ impl Publisher {
             "configuration received from provider {}: {table}",
             provider.as_str()
         );
-        self.table.store(Arc::new(table));
+        let old = self.table.swap(Arc::new(table));
+        state.retired.push(old);
+        retire(&mut state.retired);
         state.published = Some(readiness);
         true
     }
+
+    /// Frees the swapped-out tables no request holds any more. Providers call it on every
+    /// poll, so that an old table does not outlive its last request by long.
+    pub fn sweep(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        retire(&mut state.retired);
+    }
+}
+
+/// `swap` has settled every reader's claim on a table into its reference count, so a count of
+/// one means only `retired` holds it, and nothing can take a new reference.
+fn retire(retired: &mut Vec<Arc<Table>>) {
+    retired.retain(|t| Arc::strong_count(t) > 1);
 }
 
 impl Publisher {
@@ -144,5 +163,31 @@ mod tests {
         let before = Arc::as_ptr(&p.table().load_full());
         assert!(!p.update(Provider::Docker, vec![]));
         assert_eq!(before, Arc::as_ptr(&p.table().load_full()));
+    }
+
+    #[test]
+    fn a_swapped_out_table_is_freed_by_the_publisher_not_by_its_last_reader() {
+        let p = Publisher::new([Provider::File], StickyGlobals::default());
+        assert!(p.update(Provider::File, vec![]));
+        let held = p.table().load_full();
+        let spec = ServiceSpec {
+            name: "a".into(),
+            provider: Provider::File,
+            routers: Vec::new(),
+            servers: Vec::new(),
+            options: Default::default(),
+            l4: Vec::new(),
+        };
+        assert!(p.update(Provider::File, vec![spec]));
+        // A request still holds the old table: it is kept, not freed.
+        assert_eq!(Arc::strong_count(&held), 2);
+        drop(p.table());
+        let weak = Arc::downgrade(&held);
+        drop(held);
+        // The request let go, and did not free it: the publisher still has it...
+        assert!(weak.upgrade().is_some());
+        // ...until its next sweep.
+        p.sweep();
+        assert!(weak.upgrade().is_none());
     }
 }

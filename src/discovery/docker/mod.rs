@@ -342,7 +342,9 @@ async fn poll(
         convert::containers_remembering(&containers, &settings.defaults, marks, memory)
     };
     problems.report(found);
-    publisher.update(Provider::Docker, specs);
+    if !publisher.update(Provider::Docker, specs) {
+        publisher.sweep();
+    }
     Ok(())
 }
 
