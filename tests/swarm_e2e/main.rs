@@ -10,6 +10,11 @@
 //! start to its first routed request), never to how fast Docker schedules tasks, which depends
 //! on the machine.
 
+mod health;
+mod l4;
+mod load;
+mod replicas;
+mod rolling;
 mod swarm;
 
 use std::collections::BTreeSet;
