@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::load::Load;
-use crate::swarm::{docker, enabled, try_docker, wait_for, Custom, Tutorial};
+use crate::load::{Load, Summary};
+use crate::swarm::{docker, enabled, try_docker, wait_for, Custom, Entry, Tutorial};
 
 /// How long the whole update may take: Docker's pace, not limpet's; generous for a busy
 /// two-core machine.
@@ -29,16 +29,111 @@ fn rolling_update_stop_first_loses_no_request() {
     rolling_update("stop-first");
 }
 
+/// The same rolling update through HAProxy 2.6 (Debian's binary in a scratch image, see
+/// docker/build-haproxy-image.sh) finding the tasks by Swarm's DNS (`tasks.<service>`), with
+/// its own sticky cookie: the usual HAProxy setup on a swarm, for comparison. It runs only
+/// with `LIMPET_COMPARE_HAPROXY=1` and that image, prints what the clients saw, and asserts
+/// only that HAProxy served the load (a comparison, not HAProxy's test).
+#[test]
+fn rolling_update_through_haproxy_for_comparison() {
+    if std::env::var("LIMPET_COMPARE_HAPROXY").as_deref() != Ok("1") {
+        eprintln!(
+            "rolling_update_through_haproxy_for_comparison: skipped: set LIMPET_COMPARE_HAPROXY=1 \
+             after docker/build-haproxy-image.sh to compare HAProxy on the same rolling update"
+        );
+        return;
+    }
+    if !enabled("rolling_update_through_haproxy_for_comparison") {
+        return;
+    }
+    let image = std::env::var("HAPROXY_IMAGE_ID")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            docker([
+                "image",
+                "inspect",
+                "--format",
+                "{{.Id}}",
+                "limpet-compare-haproxy:latest",
+            ])
+        });
+    for order in ["start-first", "stop-first"] {
+        let custom = Custom::default().whoami("--stop-grace-period", "10s");
+        let mut setup = Tutorial::deploy_with("roll-haproxy", 3, custom);
+        let port = setup.add_service(
+            "haproxy",
+            &image,
+            &[("--env".to_owned(), format!("BACKEND={}", setup.whoami))],
+        );
+        let entry = Entry {
+            port,
+            host: setup.entry.host.clone(),
+        };
+        entry.backends(3, Duration::from_secs(60));
+        let (summary, took, before, after) = update_under_load(&setup, &entry, order);
+        eprintln!(
+            "HAProxy + Swarm DNS, rolling update ({order}): update took {took:.1?}; containers \
+             {before:?} -> {after:?}\n{summary}"
+        );
+        assert!(
+            summary.statuses().get(&200).is_some_and(|n| *n > 0),
+            "{summary}"
+        );
+    }
+}
+
 fn rolling_update(order: &str) {
     // whoami finishes its requests in flight on SIGTERM and then exits; the grace period is
     // what Swarm allows it before SIGKILL.
     let custom = Custom::default().whoami("--stop-grace-period", "10s");
     let label = format!("roll-{}", order.trim_end_matches("-first"));
     let setup = Tutorial::deploy_with(&label, 3, custom);
+    let (summary, update_took, before, after) = update_under_load(&setup, &setup.entry, order);
+    eprintln!(
+        "rolling update ({order}, parallelism 1, stop grace period 10s): update took {update_took:.1?}; \
+         containers {before:?} -> {after:?}\n{summary}"
+    );
+
+    assert!(
+        before.is_disjoint(&after) && after.len() == 3,
+        "every container was replaced: {before:?} -> {after:?}"
+    );
+    assert_eq!(summary.errors(), Vec::<&str>::new(), "connection errors");
+    assert_eq!(
+        summary.non_2xx(),
+        0,
+        "non-2xx answers: {:?}",
+        summary.statuses()
+    );
+    for (i, c) in summary.clients.iter().enumerate().filter(|(_, c)| c.sticky) {
+        // Every container it could have been pinned to was replaced.
+        assert!(c.repins >= 1, "client {i} was never re-pinned: {c:?}");
+        assert_eq!(
+            c.moved_silently, 0,
+            "client {i} moved without a new cookie: {c:?}"
+        );
+    }
+    for (i, c) in summary.clients.iter().enumerate() {
+        assert!(
+            c.served_by.iter().any(|s| after.contains(s)),
+            "client {i} reached a new container: {c:?}"
+        );
+    }
+}
+
+/// Runs the load through `entry` while Swarm replaces every task of the backend in `order`;
+/// returns what the clients saw, how long the update took, and the containers before and
+/// after.
+fn update_under_load(
+    setup: &Tutorial,
+    entry: &Entry,
+    order: &str,
+) -> (Summary, Duration, BTreeSet<String>, BTreeSet<String>) {
     let before = containers(&setup.whoami);
     assert_eq!(before.len(), 3, "{before:?}");
 
-    let load = Load::start(&setup.entry, 2, 3, Duration::from_secs(110), 50_000);
+    let load = Load::start(entry, 2, 3, Duration::from_secs(110), 50_000);
     // Let every client settle on a connection (and the sticky ones on a cookie) first.
     wait_for(
         "the load to warm up",
@@ -100,36 +195,7 @@ fn rolling_update(order: &str) {
     );
     let summary = load.stop();
     let after = containers(&setup.whoami);
-    eprintln!(
-        "rolling update ({order}, parallelism 1, stop grace period 10s): update took {update_took:.1?}; \
-         containers {before:?} -> {after:?}\n{summary}"
-    );
-
-    assert!(
-        before.is_disjoint(&after) && after.len() == 3,
-        "every container was replaced: {before:?} -> {after:?}"
-    );
-    assert_eq!(summary.errors(), Vec::<&str>::new(), "connection errors");
-    assert_eq!(
-        summary.non_2xx(),
-        0,
-        "non-2xx answers: {:?}",
-        summary.statuses()
-    );
-    for (i, c) in summary.clients.iter().enumerate().filter(|(_, c)| c.sticky) {
-        // Every container it could have been pinned to was replaced.
-        assert!(c.repins >= 1, "client {i} was never re-pinned: {c:?}");
-        assert_eq!(
-            c.moved_silently, 0,
-            "client {i} moved without a new cookie: {c:?}"
-        );
-    }
-    for (i, c) in summary.clients.iter().enumerate() {
-        assert!(
-            c.served_by.iter().any(|s| after.contains(s)),
-            "client {i} reached a new container: {c:?}"
-        );
-    }
+    (summary, update_took, before, after)
 }
 
 /// The short IDs (whoami's hostnames) of the service's running containers.

@@ -380,6 +380,24 @@ impl Tutorial {
         }
     }
 
+    /// Another service on the deployment's network, publishing its port 80 on a host port
+    /// of its own (returned); removed with the deployment.
+    pub fn add_service(&mut self, suffix: &str, image: &str, options: &[(String, String)]) -> u16 {
+        let name = format!("{}-{suffix}", self.limpet);
+        let [port] = free_ports();
+        self.cleanup.services.push(name.clone());
+        let mut all = vec![
+            ("--label".to_owned(), "traefik.enable=false".to_owned()),
+            (
+                "--publish".to_owned(),
+                format!("mode=host,target=80,published={port}"),
+            ),
+        ];
+        all.extend(options.iter().cloned());
+        create_service(&name, &self.network, &all, image, &[]);
+        port
+    }
+
     /// The sticky cookie's name Traefik v1 would pick for this service.
     pub fn cookie_name(&self) -> String {
         traefik_cookie_name(&self.whoami)
