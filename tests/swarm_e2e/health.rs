@@ -16,7 +16,9 @@
 //! - A container that turns `unhealthy` is not left to recover: Swarm fails its task, kills
 //!   it and starts a replacement. So "healthy again" on a swarm means the replacement once
 //!   its check passes; the replacement starts failing too here (`WHOAMI_HEALTH=fail` is in the
-//!   service's environment), which shows the `starting` case a second time.
+//!   service's environment), which shows the `starting` case a second time. A container
+//!   that really does turn healthy again is shown with plain containers (limpet's
+//!   `--docker` without swarm mode), where Docker leaves an unhealthy container running.
 //! - Health intervals: Docker 20.10 accepts any interval from 1 ms; the image uses 500 ms,
 //!   with a 60 s start period (failures while `starting` do not count, so a container the
 //!   test has not turned green yet stays `starting` instead of being killed), and two
@@ -25,7 +27,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::swarm::{docker, enabled, try_docker, wait_for, Custom, Images, Tutorial};
+use crate::swarm::{
+    docker, enabled, free_ports, try_docker, unique_name, wait_for, Custom, Entry, Images, Tutorial,
+};
 
 /// How soon after Docker reports a health change limpet acts on it (an event, then a poll).
 const NOTICED_WITHIN: Duration = Duration::from_secs(1);
@@ -244,4 +248,153 @@ fn health(service: &str) -> Vec<(String, String, u32)> {
     }
     states.sort();
     states
+}
+
+/// Plain containers (limpet's `--docker` without `--docker.swarmmode`), where Docker leaves an
+/// unhealthy container running, so it can turn healthy again: it takes no new sessions while
+/// unhealthy and takes them again once healthy. Its pinned client keeps being served by it
+/// throughout (only the health check fails; the container still answers).
+#[test]
+fn an_unhealthy_container_gets_new_sessions_again_once_healthy() {
+    if !enabled("an_unhealthy_container_gets_new_sessions_again_once_healthy") {
+        return;
+    }
+    let images = Images::find();
+    let name = unique_name("plainhealth");
+    let mut made = Plain::default();
+    made.network = Some(name.clone());
+    docker(["network", "create", "--label=com.limpet.e2e", &name]);
+    let entry = Entry {
+        port: free_ports::<1>()[0],
+        host: format!("{name}.e2e.test"),
+    };
+    let labels = [
+        format!("traefik.backend={name}"),
+        format!("traefik.frontend.rule=Host:{}", entry.host),
+        "traefik.port=8000".to_owned(),
+        format!("traefik.docker.network={name}"),
+        "traefik.backend.loadbalancer.stickiness=true".to_owned(),
+    ];
+    for n in ["a", "b"] {
+        let mut args = vec![
+            "run".to_owned(),
+            "--detach".to_owned(),
+            "--label=com.limpet.e2e".to_owned(),
+            format!("--name={name}-{n}"),
+            format!("--hostname={name}-{n}"),
+            format!("--network={name}"),
+        ];
+        args.extend(labels.iter().map(|l| format!("--label={l}")));
+        args.push(images.whoami_health.clone());
+        made.containers.push(docker(args));
+    }
+    let publish = format!("127.0.0.1:{}:80", entry.port);
+    made.containers.push(docker([
+        "run",
+        "--detach",
+        "--label=com.limpet.e2e",
+        "--label=traefik.enable=false",
+        &format!("--name={name}-limpet"),
+        &format!("--network={name}"),
+        "--volume=/var/run/docker.sock:/var/run/docker.sock:ro",
+        &format!("--publish={publish}"),
+        &images.limpet,
+        "--docker",
+        "--docker.watch",
+        "--loglevel=DEBUG",
+    ]));
+    let (a, b) = (format!("{name}-a"), format!("{name}-b"));
+    let backends = entry.backends(2, Duration::from_secs(60));
+    let pinned = backends[&a].clone();
+
+    set_health(&a, "fail");
+    wait_for(
+        "a to be unhealthy",
+        DOCKER_SLACK,
+        EVERY,
+        || match health_of(&a).as_deref() {
+            Some("unhealthy") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let unhealthy = Instant::now();
+    // Once limpet has seen it (an event, then a poll), every new session goes to b.
+    wait_for("new sessions to avoid a", DOCKER_SLACK, EVERY, || {
+        let served: Vec<_> = (0..6)
+            .map(|_| entry.get("/", None).served_by().map(str::to_owned))
+            .collect();
+        served
+            .iter()
+            .all(|s| s.as_deref() == Some(b.as_str()))
+            .then_some(())
+            .ok_or(format!("{served:?}"))
+    });
+    let noticed = unhealthy.elapsed();
+    for _ in 0..20 {
+        assert_eq!(
+            entry.get("/", None).served_by(),
+            Some(b.as_str()),
+            "a is unhealthy"
+        );
+        let reply = entry.get("/", Some(&pinned.as_request_header()));
+        assert_eq!(
+            reply.served_by(),
+            Some(a.as_str()),
+            "its pinned client stays"
+        );
+    }
+    assert_eq!(
+        health_of(&a).as_deref(),
+        Some("unhealthy"),
+        "still unhealthy"
+    );
+
+    set_health(&a, "ok");
+    let green = Instant::now();
+    wait_for("a to take new sessions again", DOCKER_SLACK, EVERY, || {
+        let reply = entry.try_get("/", None).map_err(|e| e.to_string())?;
+        (reply.served_by() == Some(a.as_str()))
+            .then_some(())
+            .ok_or(format!("{:?}", reply.served_by()))
+    });
+    eprintln!(
+        "plain health: new sessions avoided the unhealthy container {noticed:.2?} after Docker \
+         said unhealthy, and reached it again {:.2?} after its check was turned green",
+        green.elapsed()
+    );
+}
+
+/// Plain containers and a network a test made, removed when dropped (limpet's log first if
+/// the test failed).
+#[derive(Default)]
+struct Plain {
+    containers: Vec<String>,
+    network: Option<String>,
+}
+
+impl Drop for Plain {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(limpet) = self.containers.last() {
+                if let Ok(out) = std::process::Command::new("docker")
+                    .args(["logs", "--tail", "80", limpet])
+                    .output()
+                {
+                    eprintln!(
+                        "---- docker logs {limpet}\n{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        }
+        if !self.containers.is_empty() {
+            let mut rm = vec!["rm".to_owned(), "--force".to_owned()];
+            rm.extend(self.containers.iter().cloned());
+            let _ = try_docker(rm);
+        }
+        if let Some(network) = &self.network {
+            let _ = try_docker(["network", "rm", network]);
+        }
+    }
 }
