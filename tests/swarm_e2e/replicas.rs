@@ -90,6 +90,13 @@ fn replicas_honour_each_others_cookies_and_re_pin_alike() {
         },
     );
 
+    let distinct: BTreeSet<&str> = sessions.iter().map(|c| c.value.as_str()).collect();
+    assert_eq!(
+        distinct.len(),
+        SESSIONS,
+        "each sealed value is its own session"
+    );
+
     docker(["rm", "--force", &doomed]);
     let removed = Instant::now();
     // Swarm replaces the task; wait until both replicas route to the replacement, so that
