@@ -3,6 +3,8 @@
 #
 #   limpet:latest         ENTRYPOINT ["/limpet"], EXPOSE 80 8080
 #   limpet-whoami:latest  ENTRYPOINT ["/whoami"], EXPOSE 8000 (examples/whoami.rs)
+#   limpet-whoami-health:latest  the same with HEALTHCHECK CMD ["/whoami", "--probe"], for the
+#                         Swarm test of Docker health (its short intervals suit a test only)
 #
 # Both are `FROM scratch` around a static binary from the host's toolchain, so nothing is
 # pulled. (docker/Dockerfile builds the same images inside a `rust` image, for machines that
@@ -33,10 +35,11 @@ out="$target_dir/$triple/release"
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 
-# scratch_image TAG BINARY USER PORTS [CA_BUNDLE]: an image holding only BINARY as
-# /<its name> (and CA_BUNDLE where TLS libraries look for one), run as USER.
+# scratch_image TAG BINARY USER PORTS [CA_BUNDLE] [EXTRA]: an image holding only BINARY as
+# /<its name> (and CA_BUNDLE where TLS libraries look for one), run as USER, with EXTRA
+# Dockerfile instructions at the end.
 scratch_image() {
-    local tag=$1 binary=$2 user=$3 ports=$4 ca_bundle=${5:-}
+    local tag=$1 binary=$2 user=$3 ports=$4 ca_bundle=${5:-} extra=${6:-}
     local name
     name=$(basename "$binary")
     # FROM scratch has no dynamic loader: a dynamic binary would fail at start with a bare
@@ -57,6 +60,9 @@ scratch_image() {
         echo "USER $user"
         echo "EXPOSE $ports"
         echo "ENTRYPOINT [\"/$name\"]"
+        if [ -n "$extra" ]; then
+            echo "$extra"
+        fi
     } >"$context/Dockerfile"
     log "docker build -t $tag"
     # Quiet unless it fails: the legacy builder's deprecation notice is noise here.
@@ -79,3 +85,9 @@ fi
 scratch_image limpet:latest "$out/limpet" 0:0 "80 8080" "$ca_bundle"
 # whoami needs no privilege at all.
 scratch_image limpet-whoami:latest "$out/examples/whoami" 65534:65534 8000
+# Exec form: the image has no shell, and `docker service create --health-cmd` would make a
+# shell command. (A test cannot derive this image itself: the legacy builder asks a registry
+# about `FROM <image id>`.) Failures during the start period do not count, so a container
+# whose check is still red stays `starting` rather than being killed by Swarm.
+scratch_image limpet-whoami-health:latest "$out/examples/whoami" 65534:65534 8000 '' \
+    'HEALTHCHECK --interval=500ms --timeout=2s --start-period=60s --retries=2 CMD ["/whoami", "--probe"]'

@@ -8,13 +8,25 @@
 //!
 //! ```text
 //! whoami [--port 8000]        # or PORT=8000 whoami
+//! whoami --tcp-echo 7000 --udp-echo 7001   # also echo TCP and UDP, after the same name
+//! whoami --probe              # exit 0 if the whoami on --port answers /healthz with 200
+//! whoami --set-health fail    # make the whoami on --port fail /healthz (or `ok` again)
 //! ```
+//!
+//! `?delay=<ms>` answers that much later (at most 10 s), so that requests can be in flight when
+//! the container is told to stop.
+//!
+//! `/healthz` answers 200 while healthy and 503 otherwise (`--health fail` starts it failing).
+//! `--probe` is a health check that needs no shell, for `HEALTHCHECK CMD ["/whoami",
+//! "--probe"]` in an image `FROM scratch`; `--set-health` is run with `docker exec`, so a test
+//! can turn one container's health check red or green.
 //!
 //! SIGTERM or SIGINT stops it at once for new connections and lets requests in flight finish,
 //! so `docker service scale` and rolling updates never wait for the stop grace period.
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,11 +35,12 @@ use clap::Parser;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::{header, Request, Response};
+use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, UdpSocket};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +51,29 @@ struct Args {
     /// Port to listen on, on every IPv4 interface.
     #[arg(long, env = "PORT", default_value_t = 8000)]
     port: u16,
+    /// Also accept TCP on this port: each connection gets `I'm <hostname>\n`, then its own
+    /// bytes back until it closes its side.
+    #[arg(long, env = "WHOAMI_TCP_ECHO")]
+    tcp_echo: Option<u16>,
+    /// Also answer UDP on this port: each datagram comes back after `I'm <hostname>: `.
+    #[arg(long, env = "WHOAMI_UDP_ECHO")]
+    udp_echo: Option<u16>,
+    /// What `/healthz` says at start.
+    #[arg(long, env = "WHOAMI_HEALTH", value_enum, default_value_t = Health::Ok)]
+    health: Health,
+    /// Do not serve: ask the whoami on 127.0.0.1:--port for `/healthz` and exit 0 on a 200,
+    /// 1 otherwise.
+    #[arg(long, conflicts_with = "set_health")]
+    probe: bool,
+    /// Do not serve: tell the whoami on 127.0.0.1:--port what `/healthz` should say.
+    #[arg(long, value_enum)]
+    set_health: Option<Health>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Health {
+    Ok,
+    Fail,
 }
 
 /// How long requests in flight may take to finish once a stop signal arrives. Well under
@@ -47,7 +83,46 @@ const DRAIN: Duration = Duration::from_secs(5);
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    if args.probe {
+        std::process::exit(match local_request(args.port, "GET", "/healthz") {
+            Ok(200) => 0,
+            Ok(status) => {
+                eprintln!("whoami: /healthz answered {status}");
+                1
+            }
+            Err(e) => {
+                eprintln!("whoami: /healthz: {e}");
+                1
+            }
+        });
+    }
+    if let Some(health) = args.set_health {
+        let path = match health {
+            Health::Ok => "/healthz/ok",
+            Health::Fail => "/healthz/fail",
+        };
+        std::process::exit(match local_request(args.port, "POST", path) {
+            Ok(204) => 0,
+            Ok(status) => {
+                eprintln!("whoami: {path} answered {status}");
+                1
+            }
+            Err(e) => {
+                eprintln!("whoami: {path}: {e}");
+                1
+            }
+        });
+    }
     let name: Arc<str> = hostname().into();
+    let healthy = Arc::new(AtomicBool::new(args.health == Health::Ok));
+    if let Some(port) = args.tcp_echo {
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await?;
+        tokio::spawn(tcp_echo(listener, Arc::clone(&name)));
+    }
+    if let Some(port) = args.udp_echo {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).await?;
+        tokio::spawn(udp_echo(socket, Arc::clone(&name)));
+    }
     let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.port));
     let listener = TcpListener::bind(address).await?;
     eprintln!("whoami: {name} listening on {address}");
@@ -69,9 +144,16 @@ async fn main() -> std::io::Result<()> {
             () = &mut stop => break,
         };
         let name = Arc::clone(&name);
+        let healthy = Arc::clone(&healthy);
         let service = service_fn(move |req| {
-            let body = answer(&name, &req);
-            async move { Ok::<_, Infallible>(body) }
+            let body = health(&healthy, &req).unwrap_or_else(|| answer(&name, &req));
+            let delay = delay(&req);
+            async move {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok::<_, Infallible>(body)
+            }
         });
         let connection = auto::Builder::new(TokioExecutor::new())
             .serve_connection(TokioIo::new(stream), service)
@@ -91,6 +173,98 @@ async fn main() -> std::io::Result<()> {
         eprintln!("whoami: requests still open after {DRAIN:?}; exiting anyway");
     }
     Ok(())
+}
+
+/// A `delay=<ms>` query parameter (at most 10 s): a slow request, to have requests in flight
+/// when a stop signal comes.
+fn delay(req: &Request<Incoming>) -> Option<Duration> {
+    let ms: u64 = req
+        .uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("delay="))?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms.min(10_000)))
+}
+
+/// `/healthz` and its two switches; `None` for every other request.
+fn health(healthy: &AtomicBool, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let status = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") if healthy.load(Ordering::Relaxed) => StatusCode::OK,
+        (&Method::GET, "/healthz") => StatusCode::SERVICE_UNAVAILABLE,
+        (&Method::POST, "/healthz/ok") => {
+            healthy.store(true, Ordering::Relaxed);
+            StatusCode::NO_CONTENT
+        }
+        (&Method::POST, "/healthz/fail") => {
+            healthy.store(false, Ordering::Relaxed);
+            StatusCode::NO_CONTENT
+        }
+        _ => return None,
+    };
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    Some(response)
+}
+
+/// One HTTP/1.0 request to the whoami on this host, for `--probe` and `--set-health`;
+/// blocking and bounded, as a health check must be.
+fn local_request(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    let mut head = Vec::new();
+    stream.read_to_end(&mut head)?;
+    let line = String::from_utf8_lossy(&head);
+    line.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer"))
+}
+
+async fn tcp_echo(listener: TcpListener, name: Arc<str>) {
+    loop {
+        let (mut stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                eprintln!("whoami: TCP echo accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let greeting = format!("I'm {name}\n");
+        tokio::spawn(async move {
+            let (mut reader, mut writer) = stream.split();
+            if writer.write_all(greeting.as_bytes()).await.is_ok()
+                && tokio::io::copy(&mut reader, &mut writer).await.is_ok()
+            {
+                // The peer closed its side: close ours, so a half-close is seen through.
+                let _ = writer.shutdown().await;
+            }
+        });
+    }
+}
+
+async fn udp_echo(socket: UdpSocket, name: Arc<str>) {
+    let mut buffer = vec![0u8; 65_536];
+    loop {
+        match socket.recv_from(&mut buffer).await {
+            Ok((n, peer)) => {
+                let mut reply = format!("I'm {name}: ").into_bytes();
+                reply.extend_from_slice(&buffer[..n]);
+                if let Err(e) = socket.send_to(&reply, peer).await {
+                    eprintln!("whoami: UDP echo to {peer} failed: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("whoami: UDP echo receive failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 fn answer(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {

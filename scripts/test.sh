@@ -67,10 +67,13 @@ swarm_tests() {
     scripts/swarm-init.sh || return 1
     docker/build-images.sh || return 1
     LIMPET_IMAGE_ID=$(docker image inspect --format '{{.Id}}' limpet:latest) &&
-        WHOAMI_IMAGE_ID=$(docker image inspect --format '{{.Id}}' limpet-whoami:latest) || return 1
+        WHOAMI_IMAGE_ID=$(docker image inspect --format '{{.Id}}' limpet-whoami:latest) &&
+        WHOAMI_HEALTH_IMAGE_ID=$(docker image inspect --format '{{.Id}}' limpet-whoami-health:latest) ||
+        return 1
     # --no-capture runs them one at a time (their timings mean more on a quiet engine) and
     # shows what they measured.
     LIMPET_SWARM_TESTS=1 LIMPET_IMAGE_ID=$LIMPET_IMAGE_ID WHOAMI_IMAGE_ID=$WHOAMI_IMAGE_ID \
+        WHOAMI_HEALTH_IMAGE_ID=$WHOAMI_HEALTH_IMAGE_ID \
         cargo nextest run --locked --no-fail-fast --no-capture -E 'binary(swarm_e2e)'
 }
 

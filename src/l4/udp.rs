@@ -145,7 +145,7 @@ impl Relay {
             }
         }
         let server = &route.servers[i];
-        let backend = match connected_socket(server.addr) {
+        let backend = match connected_socket(server.addr, datagram) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 if let Some(suppressed) = self.no_server.allow() {
@@ -164,9 +164,6 @@ impl Relay {
             Arc::clone(&server.state),
             passive,
         ));
-        if let Err(e) = backend.try_send(datagram) {
-            tracing::debug!(route = %route.name, server = %server.id, error = %e, "udp send failed");
-        }
         tracing::trace!(route = %route.name, %client, server = %server.id, "udp session opened");
         let idle_ms = route.idle_timeout.as_millis() as u64;
         self.sessions.insert(
@@ -185,9 +182,15 @@ impl Relay {
 }
 
 /// A socket of the server's family on an ephemeral port, connected to the server so that
-/// only its datagrams come back and ICMP errors are reported on it. Made with std calls:
-/// nothing here waits, and the front task must not.
-fn connected_socket(server: SocketAddr) -> io::Result<UdpSocket> {
+/// only its datagrams come back and ICMP errors are reported on it, with the session's first
+/// datagram already sent. Made with std calls: nothing here waits, and the front task must
+/// not.
+///
+/// The first datagram goes out through the std socket: a socket just handed to tokio has no
+/// write readiness until the reactor's next turn, so tokio's `try_send` would refuse it with
+/// `WouldBlock`, and every new session would lose its first datagram (seen on the swarm,
+/// where a client that opens a new socket per request then never gets an answer).
+fn connected_socket(server: SocketAddr, first: &[u8]) -> io::Result<UdpSocket> {
     let local: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -196,6 +199,10 @@ fn connected_socket(server: SocketAddr) -> io::Result<UdpSocket> {
     let socket = std::net::UdpSocket::bind(local)?;
     socket.connect(server)?;
     socket.set_nonblocking(true)?;
+    if let Err(e) = socket.send(first) {
+        // Dropped like any datagram that cannot leave at once; the session stands.
+        tracing::debug!(%server, error = %e, "udp send failed");
+    }
     UdpSocket::from_std(socket)
 }
 

@@ -347,6 +347,32 @@ async fn udp_echo_keeps_each_client_on_one_server() {
 }
 
 #[tokio::test]
+async fn the_first_datagram_of_every_new_session_is_delivered() {
+    let a = udp_echo("a").await;
+    let b = udp_echo("b").await;
+    let port = free_udp_port();
+    let _limpet = limpet(&format!(
+        "[udp.echo]\nfront_port = {port}\nbalance = \"roundrobin\"\nservers = {}\n",
+        servers(&[a.addr, b.addr])
+    ))
+    .await;
+    // Once limpet listens, no datagram is lost on loopback: each new client's single
+    // datagram must be answered, not only a retransmission of it (a DNS or syslog client
+    // that sends once from a fresh socket would otherwise never be served).
+    udp_ask_until_answered(&udp_client(port).await, "warm-up").await;
+    for i in 0..6 {
+        let client = udp_client(port).await;
+        let reply = udp_ask(&client, &format!("only {i}"), Duration::from_secs(5)).await;
+        assert!(
+            reply
+                .as_deref()
+                .is_some_and(|r| r.ends_with(&format!(":only {i}"))),
+            "new session {i}: its first datagram was answered with {reply:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_idle_udp_session_ends_and_the_next_datagram_opens_another() {
     let a = udp_echo("a").await;
     let b = udp_echo("b").await;

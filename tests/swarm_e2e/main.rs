@@ -10,6 +10,11 @@
 //! start to its first routed request), never to how fast Docker schedules tasks, which depends
 //! on the machine.
 
+mod health;
+mod l4;
+mod load;
+mod replicas;
+mod rolling;
 mod swarm;
 
 use std::collections::BTreeSet;
@@ -249,10 +254,11 @@ fn a_removed_container_hands_its_sessions_to_the_others() {
     // A task's hostname is its container's short ID, so whoami's answer names the container.
     docker(["rm", "--force", doomed]);
     let removed = Instant::now();
-    // A request that reaches limpet before it has seen the container go is sent to an address
-    // that no longer answers at all (the overlay drops the SYN), and waits for limpet's dial
-    // timeout (30 s, as Traefik's). Such a request is abandoned and counted; what is timed is
-    // how soon the client is moved.
+    // A request that reaches limpet before it has seen the container exit is sent to an
+    // address that no longer answers at all (the overlay drops the SYN), and waits for
+    // limpet's dial timeout (5 s) before it is retried elsewhere. limpet drops the task on
+    // the container's `die` event, so this is rare; such a request is abandoned after 1 s and
+    // counted, and what is timed is how soon the client is moved.
     let mut abandoned = 0;
     let reply = wait_for(
         "the removed container's client to be served elsewhere",

@@ -46,11 +46,13 @@ pub fn enabled(test: &str) -> bool {
 pub struct Images {
     pub limpet: String,
     pub whoami: String,
+    /// whoami with a HEALTHCHECK (`/whoami --probe`).
+    pub whoami_health: String,
 }
 
 impl Images {
-    /// From `LIMPET_IMAGE_ID` and `WHOAMI_IMAGE_ID`, or the local tags docker/build-images.sh
-    /// gives them.
+    /// From `LIMPET_IMAGE_ID`, `WHOAMI_IMAGE_ID` and `WHOAMI_HEALTH_IMAGE_ID`, or the local
+    /// tags docker/build-images.sh gives them.
     pub fn find() -> Self {
         let id = |var: &str, tag: &str| {
             std::env::var(var).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| {
@@ -62,6 +64,7 @@ impl Images {
         Self {
             limpet: id("LIMPET_IMAGE_ID", "limpet:latest"),
             whoami: id("WHOAMI_IMAGE_ID", "limpet-whoami:latest"),
+            whoami_health: id("WHOAMI_HEALTH_IMAGE_ID", "limpet-whoami-health:latest"),
         }
     }
 }
@@ -246,28 +249,52 @@ impl Cleanup {
 pub struct Tutorial {
     pub whoami: String,
     pub limpet: String,
+    pub network: String,
     pub entry: Entry,
-    /// Held for its `Drop`, which removes what the deployment created.
-    _cleanup: Cleanup,
+    /// Removes what the deployment created when dropped.
+    cleanup: Cleanup,
+}
+
+/// What a test changes in the tutorial's setup: flags added to `docker service create` for
+/// each service (a later flag overrides an earlier one, as `--stop-grace-period` does), and
+/// arguments added to each program.
+#[derive(Debug, Clone, Default)]
+pub struct Custom {
+    pub whoami: Vec<(String, String)>,
+    /// Another image for whoami (by ID), e.g. one with a HEALTHCHECK.
+    pub whoami_image: Option<String>,
+    pub whoami_args: Vec<String>,
+    pub limpet: Vec<(String, String)>,
+    pub limpet_args: Vec<String>,
+    /// Wait until limpet routes HTTP to this many containers (the replicas when `None`); 0
+    /// for a service that has no HTTP route.
+    pub routed: Option<usize>,
+}
+
+impl Custom {
+    pub fn whoami(mut self, flag: &str, value: impl Into<String>) -> Self {
+        self.whoami.push((flag.to_owned(), value.into()));
+        self
+    }
+
+    pub fn limpet(mut self, flag: &str, value: impl Into<String>) -> Self {
+        self.limpet.push((flag.to_owned(), value.into()));
+        self
+    }
 }
 
 impl Tutorial {
     /// Creates the network and both services and waits until limpet routes to `replicas`
     /// distinct whoami containers.
     pub fn deploy(label: &str, replicas: usize) -> Self {
-        let images = Images::find();
-        let name = unique_name(label);
-        let network = format!("{name}-net");
-        let whoami = format!("{name}-whoami");
-        let limpet = format!("{name}-limpet");
-        let [port] = free_ports();
-        let entry = Entry {
-            port,
-            host: format!("{whoami}.e2e.test"),
-        };
-        let mut cleanup = Cleanup::default();
-        cleanup.limpet = Some(limpet.clone());
+        Self::deploy_with(label, replicas, Custom::default())
+    }
 
+    /// [`Tutorial::deploy`] with a test's own additions.
+    pub fn deploy_with(label: &str, replicas: usize, custom: Custom) -> Self {
+        let name = unique_name(label);
+        let mut cleanup = Cleanup::default();
+        let network = format!("{name}-net");
         docker([
             "network",
             "create",
@@ -277,58 +304,98 @@ impl Tutorial {
             &network,
         ]);
         cleanup.networks.push(network.clone());
-
-        let rule = format!("traefik.frontend.rule=Host:{}", entry.host);
+        let whoami = format!("{name}-whoami");
+        let host = format!("{whoami}.e2e.test");
+        let rule = format!("traefik.frontend.rule=Host:{host}");
         cleanup.services.push(whoami.clone());
-        create_service(
-            &whoami,
-            &network,
-            &[
-                ("--replicas", &replicas.to_string()),
-                ("--label", &format!("traefik.docker.network={network}")),
-                ("--label", "traefik.port=8000"),
-                ("--label", &rule),
-                ("--label", "traefik.backend.loadbalancer.stickiness=true"),
-            ],
-            &images.whoami,
-            &[],
-        );
+        let mut options: Vec<(String, String)> = [
+            ("--replicas", replicas.to_string()),
+            ("--label", format!("traefik.docker.network={network}")),
+            ("--label", "traefik.port=8000".to_owned()),
+            ("--label", rule),
+            (
+                "--label",
+                "traefik.backend.loadbalancer.stickiness=true".to_owned(),
+            ),
+        ]
+        .into_iter()
+        .map(|(f, v)| (f.to_owned(), v))
+        .collect();
+        options.extend(custom.whoami.iter().cloned());
+        let images = Images::find();
+        let args: Vec<&str> = custom.whoami_args.iter().map(String::as_str).collect();
+        let image = custom.whoami_image.as_ref().unwrap_or(&images.whoami);
+        create_service(&whoami, &network, &options, image, &args);
 
-        let publish = format!("mode=host,target=80,published={}", entry.port);
+        let limpet = format!("{name}-limpet");
+        let [port] = free_ports();
+        let entry = Entry { port, host };
+        cleanup.limpet = Some(limpet.clone());
         cleanup.services.push(limpet.clone());
-        create_service(
-            &limpet,
-            &network,
-            &[
-                // limpet sees its own service too; it is not a backend.
-                ("--label", "traefik.enable=false"),
-                ("--mode", "global"),
-                ("--constraint", "node.role==manager"),
-                ("--mount", DOCKER_SOCKET),
-                ("--publish", &publish),
-            ],
-            &images.limpet,
-            &[
-                "--docker",
-                "--docker.swarmmode",
-                "--docker.watch",
-                "--loglevel=DEBUG",
-            ],
-        );
+        let mut limpet_args = vec![
+            "--docker",
+            "--docker.swarmmode",
+            "--docker.watch",
+            "--loglevel=DEBUG",
+        ];
+        limpet_args.extend(custom.limpet_args.iter().map(String::as_str));
+        create_limpet(&limpet, &network, port, &custom.limpet, &limpet_args);
 
         let deployment = Self {
             whoami,
             limpet,
+            network,
             entry,
-            _cleanup: cleanup,
+            cleanup,
         };
-        let started = Instant::now();
-        deployment.entry.backends(replicas, Duration::from_secs(60));
-        eprintln!(
-            "{label}: deployed and routed to {replicas} containers in {:.1?}",
-            started.elapsed()
-        );
+        let routed = custom.routed.unwrap_or(replicas);
+        if routed > 0 {
+            let started = Instant::now();
+            deployment.entry.backends(routed, Duration::from_secs(60));
+            eprintln!(
+                "{label}: deployed and routed to {routed} containers in {:.1?}",
+                started.elapsed()
+            );
+        }
         deployment
+    }
+
+    /// Another limpet service like the first, on the same network and with the same extra
+    /// flags and arguments, on a host port of its own; removed with the deployment.
+    pub fn add_limpet(&mut self, suffix: &str, custom: &Custom) -> Entry {
+        let name = format!("{}-{suffix}", self.limpet);
+        let [port] = free_ports();
+        self.cleanup.services.push(name.clone());
+        let mut args = vec![
+            "--docker",
+            "--docker.swarmmode",
+            "--docker.watch",
+            "--loglevel=DEBUG",
+        ];
+        args.extend(custom.limpet_args.iter().map(String::as_str));
+        create_limpet(&name, &self.network, port, &custom.limpet, &args);
+        Entry {
+            port,
+            host: self.entry.host.clone(),
+        }
+    }
+
+    /// Another service on the deployment's network, publishing its port 80 on a host port
+    /// of its own (returned); removed with the deployment.
+    pub fn add_service(&mut self, suffix: &str, image: &str, options: &[(String, String)]) -> u16 {
+        let name = format!("{}-{suffix}", self.limpet);
+        let [port] = free_ports();
+        self.cleanup.services.push(name.clone());
+        let mut all = vec![
+            ("--label".to_owned(), "traefik.enable=false".to_owned()),
+            (
+                "--publish".to_owned(),
+                format!("mode=host,target=80,published={port}"),
+            ),
+        ];
+        all.extend(options.iter().cloned());
+        create_service(&name, &self.network, &all, image, &[]);
+        port
     }
 
     /// The sticky cookie's name Traefik v1 would pick for this service.
@@ -362,7 +429,13 @@ const DOCKER_SOCKET: &str =
 
 /// `docker service create` with what every test service shares: the image is given by ID and
 /// never resolved, tasks get one second to stop, and the service joins the test's network.
-fn create_service(name: &str, network: &str, options: &[(&str, &str)], image: &str, args: &[&str]) {
+fn create_service(
+    name: &str,
+    network: &str,
+    options: &[(String, String)],
+    image: &str,
+    args: &[&str],
+) {
     let mut command = Command::new("docker");
     command.args(["service", "create", "--detach", "--no-resolve-image", LABEL]);
     command.args([
@@ -377,6 +450,25 @@ fn create_service(name: &str, network: &str, options: &[(&str, &str)], image: &s
     }
     command.arg(image).args(args);
     docker_output(&mut command).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A global limpet on the manager, with the Docker socket, publishing its entrypoint (port
+/// 80) on `port` of the host.
+fn create_limpet(name: &str, network: &str, port: u16, extra: &[(String, String)], args: &[&str]) {
+    let publish = format!("mode=host,target=80,published={port}");
+    let mut options: Vec<(String, String)> = [
+        // limpet sees its own service too; it is not a backend.
+        ("--label", "traefik.enable=false"),
+        ("--mode", "global"),
+        ("--constraint", "node.role==manager"),
+        ("--mount", DOCKER_SOCKET),
+        ("--publish", publish.as_str()),
+    ]
+    .into_iter()
+    .map(|(f, v)| (f.to_owned(), v.to_owned()))
+    .collect();
+    options.extend(extra.iter().cloned());
+    create_service(name, network, &options, &Images::find().limpet, args);
 }
 
 /// Traefik v1's cookie name for a Docker service: its backend is `backend-<normalized name>`.
@@ -635,4 +727,145 @@ pub fn container_started_at(container: &str) -> SystemTime {
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or_else(|| panic!("cannot read the start time `{started}` of {container}"));
     UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+/// An HTTP/1.1 client on one keep-alive connection, as a browser keeps one: requests go one
+/// after the other on the same connection, and a new one is opened only when the server
+/// closed it (`Connection: close`) or before the first request.
+pub struct KeepAlive {
+    port: u16,
+    timeout: Duration,
+    stream: Option<std::io::BufReader<TcpStream>>,
+    /// Connections opened so far.
+    pub connections: usize,
+}
+
+impl KeepAlive {
+    pub fn new(port: u16, timeout: Duration) -> Self {
+        Self {
+            port,
+            timeout,
+            stream: None,
+            connections: 0,
+        }
+    }
+
+    /// `GET path` with these headers. An error drops the connection; the next request opens
+    /// another. A connection the server closed while idle is an error too: limpet has no
+    /// reason to close a client's connection during these tests.
+    pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
+        let result = self.exchange(path, headers);
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn exchange(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
+        use std::io::BufRead;
+        if self.stream.is_none() {
+            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+            let stream = TcpStream::connect_timeout(&address, self.timeout)?;
+            stream.set_read_timeout(Some(self.timeout))?;
+            stream.set_write_timeout(Some(self.timeout))?;
+            stream.set_nodelay(true)?;
+            self.stream = Some(std::io::BufReader::new(stream));
+            self.connections += 1;
+        }
+        let reader = self.stream.as_mut().expect("connected above");
+        let mut request = format!("GET {path} HTTP/1.1\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        reader.get_mut().write_all(request.as_bytes())?;
+
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("connection closed after {:?}", head),
+                ));
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("head {head:?}"))
+            })?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("no Content-Length in {head:?}"),
+                )
+            })?;
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        let close = headers
+            .iter()
+            .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+        if close {
+            self.stream = None;
+        }
+        Ok(Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// A Docker secret, removed when dropped; drop it after the services that use it (Docker
+/// refuses to remove a secret in use).
+pub struct Secret {
+    pub name: String,
+}
+
+impl Secret {
+    pub fn create(label: &str, content: &[u8]) -> Self {
+        let name = unique_name(label);
+        let mut child = Command::new("docker")
+            .args(["secret", "create", LABEL, &name, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker runs");
+        child
+            .stdin
+            .take()
+            .expect("a pipe")
+            .write_all(content)
+            .expect("the secret is written");
+        let output = child.wait_with_output().expect("docker runs");
+        assert!(
+            output.status.success(),
+            "docker secret create {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self { name }
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        let _ = try_docker(["secret", "rm", &self.name]);
+    }
 }

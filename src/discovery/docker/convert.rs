@@ -34,6 +34,10 @@ pub struct Marks {
     pub draining: HashSet<String>,
     /// Failing its HEALTHCHECK: no new sessions.
     pub unhealthy: HashSet<String>,
+    /// The container exited: its address answers nothing any more (on an overlay network a
+    /// connection to it is not refused, it waits for the dial timeout), so not even its
+    /// pinned clients go there, even while Swarm still reports the task as running.
+    pub gone: HashSet<String>,
 }
 
 impl Marks {
@@ -45,6 +49,7 @@ impl Marks {
     pub fn retain(&mut self, live: &HashSet<&str>) {
         self.draining.retain(|id| live.contains(id.as_str()));
         self.unhealthy.retain(|id| live.contains(id.as_str()));
+        self.gone.retain(|id| live.contains(id.as_str()));
     }
 }
 
@@ -154,7 +159,7 @@ pub fn swarm_remembering(
     // stops, and takes no new ones.
     let mut by_service: HashMap<&str, Vec<&Task>> = HashMap::new();
     for task in tasks {
-        if task.status.state == "running" {
+        if task.status.state == "running" && !marks.gone.contains(&task.id) {
             by_service
                 .entry(task.service_id.as_str())
                 .or_default()
@@ -995,6 +1000,30 @@ mod tests {
             servers,
             [("t1", true), ("t2", false), ("t3", false), ("t5", false)]
         );
+    }
+
+    #[test]
+    fn a_task_whose_container_exited_is_no_server_while_swarm_still_says_running() {
+        let tasks = vec![
+            task(
+                "t1",
+                "s1",
+                "running",
+                vec![attachment("whoaminet", "10.0.1.5", false)],
+            ),
+            task(
+                "t2",
+                "s1",
+                "running",
+                vec![attachment("whoaminet", "10.0.1.6", false)],
+            ),
+        ];
+        let mut marks = Marks::default();
+        marks.draining.insert("t2".into());
+        marks.gone.insert("t2".into());
+        let (specs, _) = swarm(&[service(TUTORIAL)], &tasks, &defaults(), &marks);
+        let servers: Vec<&str> = specs[0].servers.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(servers, ["t1"]);
     }
 
     #[test]

@@ -83,6 +83,9 @@ enum Trigger {
 enum Mark {
     /// A stop signal was sent: drain it at once, before Swarm's task state catches up.
     Draining(String),
+    /// The container exited: drop it at once, pinned clients included, before Swarm's task
+    /// state catches up.
+    Gone(String),
     /// Started (again): whatever was marked before no longer holds.
     Started(String),
     Unhealthy(String),
@@ -95,9 +98,14 @@ impl Marks {
             Mark::Draining(id) => {
                 self.draining.insert(id);
             }
+            Mark::Gone(id) => {
+                self.draining.insert(id.clone());
+                self.gone.insert(id);
+            }
             Mark::Started(id) => {
                 self.draining.remove(&id);
                 self.unhealthy.remove(&id);
+                self.gone.remove(&id);
             }
             Mark::Unhealthy(id) => {
                 self.unhealthy.insert(id);
@@ -215,7 +223,10 @@ async fn follow(
             t = rx.recv() => t,
         };
         if let Some(first) = trigger {
-            let drains = matches!(first, Trigger::Container(Some(Mark::Draining(_))));
+            let drains = matches!(
+                first,
+                Trigger::Container(Some(Mark::Draining(_) | Mark::Gone(_)))
+            );
             absorb(first, &mut marks, &mut burst);
             // A stop signal is worth acting on at once; anything else waits for the rest
             // of its flurry.
@@ -311,7 +322,8 @@ fn mark(event: &bollard::models::EventMessage, swarm_mode: bool) -> Option<Mark>
         actor.id.clone()?
     };
     match event.action.as_deref()? {
-        "kill" | "stop" | "die" | "pause" => Some(Mark::Draining(id)),
+        "kill" | "stop" | "pause" => Some(Mark::Draining(id)),
+        "die" | "destroy" => Some(Mark::Gone(id)),
         "start" | "unpause" => Some(Mark::Started(id)),
         "health_status: unhealthy" | "health_status: starting" => Some(Mark::Unhealthy(id)),
         "health_status: healthy" => Some(Mark::Healthy(id)),
@@ -449,5 +461,46 @@ impl Backoff {
 
     fn reset(&mut self) {
         *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bollard::models::{EventActor, EventMessage, EventMessageTypeEnum};
+
+    use super::*;
+
+    fn event(action: &str) -> EventMessage {
+        EventMessage {
+            typ: Some(EventMessageTypeEnum::CONTAINER),
+            action: Some(action.to_owned()),
+            actor: Some(EventActor {
+                id: Some("c1".to_owned()),
+                attributes: Some(HashMap::from([(
+                    "com.docker.swarm.task.id".to_owned(),
+                    "t1".to_owned(),
+                )])),
+            }),
+            ..EventMessage::default()
+        }
+    }
+
+    #[test]
+    fn a_stop_signal_drains_and_an_exit_drops_the_task() {
+        let drains = Some(Mark::Draining("t1".into()));
+        assert_eq!(mark(&event("kill"), true), drains);
+        assert_eq!(mark(&event("stop"), true), drains);
+        assert_eq!(mark(&event("die"), true), Some(Mark::Gone("t1".into())));
+        assert_eq!(mark(&event("destroy"), true), Some(Mark::Gone("t1".into())));
+        assert_eq!(mark(&event("die"), false), Some(Mark::Gone("c1".into())));
+
+        let mut marks = Marks::default();
+        marks.apply(Mark::Gone("c1".into()));
+        assert!(marks.gone.contains("c1") && marks.draining.contains("c1"));
+        // A plain container that restarts keeps its id and is a server again.
+        marks.apply(Mark::Started("c1".into()));
+        assert!(marks.gone.is_empty() && marks.draining.is_empty());
     }
 }
