@@ -251,9 +251,9 @@ fn health(service: &str) -> Vec<(String, String, u32)> {
 }
 
 /// Plain containers (limpet's `--docker` without `--docker.swarmmode`), where Docker leaves an
-/// unhealthy container running, so it can turn healthy again: it takes no new sessions while
-/// unhealthy and takes them again once healthy. Its pinned client keeps being served by it
-/// throughout (only the health check fails; the container still answers).
+/// unhealthy container running, so it can turn healthy again: while unhealthy it gets no
+/// traffic, and its pinned client is re-pinned to the other container with a new cookie (as
+/// when limpet's own health check fails a server); once healthy it takes new sessions again.
 #[test]
 fn an_unhealthy_container_gets_new_sessions_again_once_healthy() {
     if !enabled("an_unhealthy_container_gets_new_sessions_again_once_healthy") {
@@ -339,8 +339,13 @@ fn an_unhealthy_container_gets_new_sessions_again_once_healthy() {
         let reply = entry.get("/", Some(&pinned.as_request_header()));
         assert_eq!(
             reply.served_by(),
-            Some(a.as_str()),
-            "its pinned client stays"
+            Some(b.as_str()),
+            "its pinned client is re-pinned"
+        );
+        assert_eq!(
+            reply.set_cookie().map(|c| c.value),
+            Some(backends[&b].value.clone()),
+            "with b's cookie"
         );
     }
     assert_eq!(

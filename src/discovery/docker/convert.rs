@@ -32,7 +32,9 @@ pub struct Defaults {
 pub struct Marks {
     /// Sent a stop signal: keep pinned clients, no new sessions.
     pub draining: HashSet<String>,
-    /// Failing its HEALTHCHECK: no new sessions.
+    /// Failing its HEALTHCHECK, or not yet past it: no traffic at all, and its pinned clients
+    /// are re-pinned, as when limpet's own health check fails a server (and as Traefik and
+    /// HAProxy do). It comes back when Docker says healthy.
     pub unhealthy: HashSet<String>,
     /// The container exited: its address answers nothing any more (on an overlay network a
     /// connection to it is not refused, it waits for the dial timeout), so not even its
@@ -42,7 +44,12 @@ pub struct Marks {
 
 impl Marks {
     fn takes_new(&self, id: &str) -> bool {
-        !self.draining.contains(id) && !self.unhealthy.contains(id)
+        !self.draining.contains(id)
+    }
+
+    /// Whether the task or container may be a server at all.
+    fn routable(&self, id: &str) -> bool {
+        !self.gone.contains(id) && !self.unhealthy.contains(id)
     }
 
     /// Forgets ids that no longer exist.
@@ -159,7 +166,7 @@ pub fn swarm_remembering(
     // stops, and takes no new ones.
     let mut by_service: HashMap<&str, Vec<&Task>> = HashMap::new();
     for task in tasks {
-        if task.status.state == "running" && !marks.gone.contains(&task.id) {
+        if task.status.state == "running" && marks.routable(&task.id) {
             by_service
                 .entry(task.service_id.as_str())
                 .or_default()
@@ -484,8 +491,10 @@ pub fn containers_remembering(
                     }
                 },
             };
-            let accepts_new = !c.health_failing
-                && marks.takes_new(&c.id)
+            if c.health_failing || !marks.routable(&c.id) {
+                continue;
+            }
+            let accepts_new = marks.takes_new(&c.id)
                 && !l
                     .maintenance
                     .iter()
@@ -996,10 +1005,7 @@ mod tests {
             .iter()
             .map(|s| (s.id.as_str(), s.accepts_new))
             .collect();
-        assert_eq!(
-            servers,
-            [("t1", true), ("t2", false), ("t3", false), ("t5", false)]
-        );
+        assert_eq!(servers, [("t1", true), ("t2", false), ("t5", false)]);
     }
 
     #[test]
@@ -1073,6 +1079,39 @@ mod tests {
         assert_eq!(specs.len(), 1);
         assert_eq!(specs[0].name, "web");
         assert_eq!(specs[0].servers.len(), 2);
+    }
+
+    #[test]
+    fn a_container_failing_its_healthcheck_is_no_server_until_it_passes() {
+        let c = |id: &str, ip: &str, failing: bool| Container {
+            id: id.into(),
+            name: format!("web-{id}"),
+            labels: [("traefik.backend", "web"), ("traefik.port", "80")]
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            networks: [("bridge".to_owned(), ip.to_owned())].into_iter().collect(),
+            private_ports: vec![],
+            health_failing: failing,
+        };
+        let ids = |specs: &[ServiceSpec]| -> Vec<String> {
+            specs[0].servers.iter().map(|s| s.id.clone()).collect()
+        };
+        let (specs, _) = containers(
+            &[c("c1", "172.17.0.2", false), c("c2", "172.17.0.3", true)],
+            &defaults(),
+            &Marks::default(),
+        );
+        assert_eq!(ids(&specs), ["c1"]);
+        // An event can say so before the next poll does.
+        let mut marks = Marks::default();
+        marks.unhealthy.insert("c1".into());
+        let (specs, _) = containers(
+            &[c("c1", "172.17.0.2", false), c("c2", "172.17.0.3", false)],
+            &defaults(),
+            &marks,
+        );
+        assert_eq!(ids(&specs), ["c2"]);
     }
 
     #[test]
