@@ -1,9 +1,10 @@
-//! The HTTP clients towards backends, one per way of speaking to them (HTTP/1.1, h2c, and
-//! TLS with its settings), each with its own connection pool.
+//! The HTTP clients towards backends, one per way of speaking to them (h2c, and TLS with its
+//! settings), each with its own connection pool.
 //!
 //! The table only names the protocol and TLS settings a service needs; the clients live
 //! here, outside the table, so their pools survive table swaps. Plain HTTP/1.1, by far the
-//! most common, has its own field; the others are built on first use and then found in an
+//! most common, goes through limpet's own per-server pool instead ([`super::pool`]), whose
+//! settings are kept here; the others are built on first use and then found in an
 //! `ArcSwap`'d map without locking.
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::pool::PoolSettings;
 use super::{ProxySettings, UpstreamBody};
 use crate::table::spec::{BackendProtocol, BackendTls};
 use crate::tls::backend::{client_config, BackendTlsError};
@@ -37,7 +39,8 @@ impl Upstream {
 type Key = (BackendProtocol, BackendTls);
 
 pub struct Clients {
-    http1: Upstream,
+    /// For plain HTTP/1.1 backends, served by [`super::pool`].
+    pub http1: PoolSettings,
     others: ArcSwap<HashMap<Key, Arc<Upstream>>>,
     /// Serialises building new clients, which is rare; lookups never take it.
     building: Mutex<()>,
@@ -47,7 +50,11 @@ pub struct Clients {
 impl Clients {
     pub fn new(settings: &ProxySettings) -> Self {
         Self {
-            http1: Upstream::Plain(build_plain(settings, false)),
+            http1: PoolSettings {
+                dial_timeout: settings.dial_timeout,
+                idle_timeout: settings.idle_conn_timeout,
+                max_idle_per_server: settings.max_idle_per_server,
+            },
             others: ArcSwap::from_pointee(HashMap::new()),
             building: Mutex::new(()),
             settings: settings.clone(),
@@ -61,9 +68,6 @@ impl Clients {
         tls: &BackendTls,
         req: http::Request<UpstreamBody>,
     ) -> Result<ResponseFuture, BackendTlsError> {
-        if protocol == BackendProtocol::Http {
-            return Ok(self.http1.request(req));
-        }
         let key = (protocol, tls.clone());
         if let Some(client) = self.others.load().get(&key) {
             return Ok(client.request(req));

@@ -42,8 +42,18 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether `name` is hop-by-hop whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names present is cheaper than
+    // removing each of the eight by hash.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Names listed in Connection are rare; only collect them when Connection carries more
     // than the usual keep-alive/close token.
     let listed: Vec<HeaderName> = headers
@@ -89,7 +99,12 @@ pub fn add_forwarded(headers: &mut HeaderMap, conn: &ClientConn, host: Option<&H
                 .and_then(host_port)
                 .unwrap_or(conn.local_port);
             headers.insert(&X_FORWARDED_HOST, h.clone());
-            headers.insert(&X_FORWARDED_PORT, HeaderValue::from(port));
+            let port = if port == conn.local_port {
+                conn.port_value.clone()
+            } else {
+                HeaderValue::from(port)
+            };
+            headers.insert(&X_FORWARDED_PORT, port);
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
@@ -103,6 +118,9 @@ pub fn add_forwarded(headers: &mut HeaderMap, conn: &ClientConn, host: Option<&H
 /// the first would drop a hop an upstream proxy appended as its own line and let the
 /// client's forged first line pass for it.
 fn forwarded_for(headers: &HeaderMap, client: &HeaderValue) -> HeaderValue {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        return client.clone();
+    }
     let mut list: Vec<u8> = Vec::new();
     for prior in headers.get_all(&X_FORWARDED_FOR) {
         // Bytes, not text: a line that is not UTF-8 is still a hop and must not vanish.

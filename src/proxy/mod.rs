@@ -8,6 +8,7 @@
 //! - `upload`: the request body towards a backend, reporting when it has been sent.
 //! - `budget`: the memory budget for bytes in transit.
 //! - `clients`: the client pools towards backends, per protocol.
+//! - `pool`: limpet's own pool of HTTP/1.1 connections to plain-HTTP backends.
 //! - `error`: every failure, and the one place that maps failures to responses.
 
 mod body;
@@ -16,11 +17,13 @@ mod clients;
 mod error;
 mod forward;
 mod headers;
+mod pool;
 mod upload;
 
 pub use budget::{Budget, BudgetStats};
-pub use error::ProxyError;
+pub use error::{ProxyError, UpstreamError};
 pub use headers::ClientConn;
+pub use pool::{ConnectError, SendError};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -55,6 +58,8 @@ pub struct ProxySettings {
     pub response_header_timeout: Duration,
     /// How long an unused backend connection stays in the pool.
     pub idle_conn_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept per backend server; more are closed when released.
+    pub max_idle_per_server: usize,
     /// How long to wait for in-flight requests when shutting down.
     pub grace_period: Duration,
     /// Answer plain-HTTP requests with a redirect to HTTPS on this port.
@@ -73,6 +78,9 @@ impl Default for ProxySettings {
             dial_timeout: Duration::from_secs(30),
             response_header_timeout: Duration::from_secs(60),
             idle_conn_timeout: Duration::from_secs(90),
+            // More than the concurrent requests one server usually has; a burst beyond it
+            // closes its extra connections once it is over rather than keeping them.
+            max_idle_per_server: 256,
             grace_period: Duration::from_secs(10),
             redirect_to_https: None,
             memory_budget: 64 << 20,
@@ -239,7 +247,9 @@ pub async fn serve_with(
         let service = service_fn(move |req| {
             let proxy = Arc::clone(&proxy);
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(forward::handle(&proxy, req, conn).await) }
+            // The request's future is boxed: hyper moves the service future into its
+            // connection state by copying it, and the forwarding future is several KiB.
+            async move { Ok::<_, Infallible>(Box::pin(forward::handle(&proxy, req, conn)).await) }
         });
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
