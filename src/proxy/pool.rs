@@ -292,13 +292,25 @@ pub fn send<'a>(
             Ok(response) => Ok((response, Pooled::new(send, pool, authority, settings))),
             // Boxed: rare, and every request's future would otherwise carry its state.
             Err(failed) => {
-                Box::pin(recover(
-                    pool, authority, settings, reused, failed, uri, replay,
-                ))
-                .await
+                let lost = Lost {
+                    send,
+                    reused,
+                    failed,
+                    uri,
+                };
+                Box::pin(recover(pool, authority, settings, lost, replay)).await
             }
         }
     }
+}
+
+/// What is left of an exchange that failed.
+struct Lost {
+    send: SendRequest<UpstreamBody>,
+    reused: bool,
+    failed: TrySendError<Request<UpstreamBody>>,
+    /// The request's target, to send it again (see [`Replay`]).
+    uri: Option<Uri>,
 }
 
 /// After a failed exchange: the same request on a new connection when that is safe (see
@@ -307,13 +319,32 @@ async fn recover(
     pool: &Arc<ServerPool>,
     authority: &Authority,
     settings: &PoolSettings,
-    mut reused: bool,
-    mut failed: TrySendError<Request<UpstreamBody>>,
-    mut uri: Option<Uri>,
+    lost: Lost,
     replay: Replay<'_>,
 ) -> Result<(Response<Incoming>, Pooled), SendError> {
+    let Lost {
+        mut send,
+        mut reused,
+        mut failed,
+        mut uri,
+    } = lost;
+    let mut waited = false;
     loop {
         let req = match failed.take_message() {
+            // Released when its response ended but not yet ready again: its connection
+            // task had not caught up. It becomes ready, or turns out closed.
+            Some(back) if reused && !waited && !send.is_closed() && send.ready().await.is_ok() => {
+                waited = true;
+                match send.try_send_request(back).await {
+                    Ok(response) => {
+                        return Ok((response, Pooled::new(send, pool, authority, settings)))
+                    }
+                    Err(e) => {
+                        failed = e;
+                        continue;
+                    }
+                }
+            }
             Some(back) if reused => back,
             Some(_) => return Err(SendError::Unsent(failed.into_error())),
             None => {
@@ -333,7 +364,7 @@ async fn recover(
                 }
             }
         };
-        let mut send = dial(authority, settings).await?.send;
+        send = dial(authority, settings).await?.send;
         reused = false;
         uri = replay.map(|_| req.uri().clone());
         match send.try_send_request(req).await {
