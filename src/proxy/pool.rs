@@ -141,7 +141,14 @@ impl ServerPool {
             !self.reaping.swap(true, Ordering::AcqRel)
         };
         if start_reaper {
-            tokio::spawn(reap(Arc::downgrade(self), settings.idle_timeout));
+            // A body dropped while the runtime shuts down has no runtime to reap with; its
+            // connections go with the pool then.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(reap(Arc::downgrade(self), settings.idle_timeout));
+                }
+                Err(_) => self.reaping.store(false, Ordering::Release),
+            }
         }
     }
 }
