@@ -253,20 +253,26 @@ pub async fn serve_with(
         });
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
-        let transport = transport.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let result = match transport {
-                Transport::Plain { h2c } => {
+        // One task per transport: a plain connection's task then holds no TLS state, which
+        // would otherwise size every connection's task for the largest of them.
+        match transport.clone() {
+            Transport::Plain { h2c } => {
+                tokio::spawn(async move {
+                    let _slot = slot;
                     if !h2c && h2_preface(&stream).await {
                         tracing::debug!(client = %peer, "HTTP/2 with prior knowledge, but h2c is off on this entrypoint; connection closed");
                         return;
                     }
                     let connection =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
-                }
-                Transport::Tls(acceptor) => {
+                    if let Err(e) = watcher.watch(connection.into_owned()).await {
+                        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+                    }
+                });
+            }
+            Transport::Tls(acceptor) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
                     // A failed handshake concerns this client only: log it quietly.
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                         .await
@@ -283,13 +289,12 @@ pub async fn serve_with(
                     };
                     let connection =
                         builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                    watcher.watch(connection.into_owned()).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+                    if let Err(e) = watcher.watch(connection.into_owned()).await {
+                        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+                    }
+                });
             }
-        });
+        }
     }
     drop(listener);
     let grace = proxy.settings.grace_period;
