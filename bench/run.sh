@@ -6,7 +6,7 @@
 #   bench/run.sh [--quick] [--no-build] [--duration SECS] [--conns N] [--idle N]
 #                [--skip-throughput] [--skip-memory] [--skip-cost] [--skip-callgrind]
 #                [--skip-swaps] [--swap-services N]
-#                [--rounds N] [--wait-quiet SECS] [--nice N] [--profile]
+#                [--rounds N] [--wait-quiet SECS] [--nice N] [--profile] [--only NAMES]
 #
 # Everything listens on 127.0.0.1 only. Every process the script starts is stopped on exit,
 # including on Ctrl-C. Raw output goes to bench/out/<timestamp>/ (bench/out/latest).
@@ -36,14 +36,18 @@ Options:
   --nice N          run the benchmark (proxies, backends, load) at niceness N, e.g. -10,
                     so that other users' builds take less CPU from it (needs root)
   --profile         also record perf profiles of limpet (new and pinned, 100 B, 1 worker)
+  --only NAMES      measure only these proxies (comma-separated: haproxy,nginx,limpet), e.g.
+                    --only limpet --skip-throughput --skip-memory for limpet's cost alone
 Environment:
   BENCH_PORT_BASE   first of the loopback ports used (default 19080; uses base..base+40)
+  LIMPET_BIN        the limpet binary to measure (default target/release/limpet; with
+                    --no-build, to compare two builds without rebuilding)
 EOF
 }
 
 ARGS="$*"
 QUICK=0 BUILD=1 DURATION="" CONNS=50 IDLE="" THROUGHPUT=1 MEMORY=1 COST=1 CALLGRIND=1 PROFILE=0
-ROUNDS=1 WAIT_QUIET=0 NICE="" SWAPS=1 SWAP_SERVICES=1000 SWAP_RATE=10
+ROUNDS=1 WAIT_QUIET=0 NICE="" SWAPS=1 SWAP_SERVICES=1000 SWAP_RATE=10 ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -61,6 +65,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS=$2; shift ;;
         --wait-quiet) WAIT_QUIET=$2; shift ;;
         --nice) NICE=$2; shift ;;
+        --only) ONLY=$2; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -76,6 +81,12 @@ BASE=${BENCH_PORT_BASE:-19080}
 PORT_A=$((BASE + 1)) PORT_B=$((BASE + 2))
 declare -A PORT=([direct]=$PORT_A [limpet]=$((BASE + 20)) [haproxy]=$((BASE + 30)) [nginx]=$((BASE + 40)))
 PROXIES=(haproxy nginx limpet)
+if [ -n "$ONLY" ]; then
+    IFS=, read -r -a PROXIES <<<"$ONLY"
+    for name in "${PROXIES[@]}"; do
+        case "$name" in haproxy|nginx|limpet) ;; *) echo "run.sh: --only: unknown proxy $name (haproxy, nginx, limpet)" >&2; exit 2 ;; esac
+    done
+fi
 SIZES=(100b 64k 1m)
 
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -266,7 +277,7 @@ write_configs() {
 
 # ---------------------------------------------------------------- starting the proxies
 
-LIMPET="$ROOT/target/release/limpet"
+LIMPET="${LIMPET_BIN:-$ROOT/target/release/limpet}"
 
 # start_proxy NAME MODE [WRAPPER...]: MODE is 1 (one worker) or default.
 start_proxy() {

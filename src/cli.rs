@@ -317,6 +317,7 @@ impl Cli {
                     .redirect
                     .then(|| self.tls_address.map(|a| a.port()))
                     .flatten(),
+                ..ProxySettings::default()
             },
             workers: self.workers.map(usize::from),
             tls: self.tls_address.map(|address| TlsSettings {

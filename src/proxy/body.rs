@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
+use super::pool::Pooled;
 use crate::table::state::InflightGuard;
 
 /// A request body that is handed back through `reclaim` when dropped unread.
@@ -77,18 +78,39 @@ impl Body for ReclaimBody {
     }
 }
 
-/// A response body that holds its server's in-flight count until it is done.
+/// A response body that holds its server's in-flight count until it is done, and gives the
+/// backend connection back to its pool when the body was read to its end.
 #[derive(Debug)]
 pub struct TrackedBody {
     inner: Incoming,
     guard: Option<InflightGuard>,
+    /// The connection the body arrives on, when it may carry another request afterwards.
+    conn: Option<Pooled>,
 }
 
 impl TrackedBody {
-    pub fn new(inner: Incoming, guard: InflightGuard) -> Self {
+    pub fn new(inner: Incoming, guard: InflightGuard, conn: Option<Pooled>) -> Self {
         Self {
             inner,
             guard: Some(guard),
+            conn,
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.release();
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // A server does not poll a body that says it has ended (a HEAD, a 204, the last
+        // frame of a sized body): that end counts too. A body dropped half-read leaves its
+        // connection unusable, and `conn` is then dropped with it.
+        if self.inner.is_end_stream() {
+            self.release();
         }
     }
 }
@@ -102,10 +124,18 @@ impl Body for TrackedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = polled {
+        match polled {
             // Done: the request no longer occupies the server, even if the client connection
             // lingers in keep-alive.
-            self.guard = None;
+            Poll::Ready(None) => {
+                self.guard = None;
+                self.release();
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.guard = None;
+                self.conn = None;
+            }
+            _ => {}
         }
         polled
     }

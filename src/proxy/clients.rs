@@ -1,11 +1,11 @@
-//! The HTTP clients towards backends, one per way of speaking to them (HTTP/1.1, h2c, and
-//! TLS with its settings), each with its own connection pool. HTTP/1.1 goes through
-//! hyper-util's pooled client; HTTP/2 through [`H2Client`], which keeps the client's
-//! authority (see `multiplex`).
+//! The HTTP clients towards backends, one per way of speaking to them (h2c, h2, and TLS
+//! with its settings), each with its own connection pool. HTTP/2 goes through [`H2Client`],
+//! which keeps the client's authority (see `multiplex`).
 //!
 //! The table only names the protocol and TLS settings a service needs; the clients live
 //! here, outside the table, so their pools survive table swaps. Plain HTTP/1.1, by far the
-//! most common, has its own field; the others are built on first use and then found in an
+//! most common, goes through limpet's own per-server pool instead ([`super::pool`]), whose
+//! settings are kept here; the others are built on first use and then found in an
 //! `ArcSwap`'d map without locking.
 
 use std::collections::HashMap;
@@ -24,6 +24,7 @@ use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::multiplex::{Dialer, H2Client, H2Error};
+use super::pool::PoolSettings;
 use super::{ProxySettings, UpstreamBody};
 use crate::table::spec::{BackendProtocol, BackendTls};
 use crate::tls::backend::{client_config, BackendTlsError, FilesStamp};
@@ -99,7 +100,8 @@ struct Built {
 }
 
 pub struct Clients {
-    http1: Client<HttpConnector, UpstreamBody>,
+    /// For plain HTTP/1.1 backends, served by [`super::pool`].
+    pub http1: PoolSettings,
     others: ArcSwap<HashMap<Key, Arc<Built>>>,
     /// Serialises building new clients, which is rare; lookups never take it.
     building: Mutex<()>,
@@ -110,7 +112,11 @@ pub struct Clients {
 impl Clients {
     pub fn new(settings: &ProxySettings) -> Self {
         Self {
-            http1: build_plain(settings),
+            http1: PoolSettings {
+                dial_timeout: settings.dial_timeout,
+                idle_timeout: settings.idle_conn_timeout,
+                max_idle_per_server: settings.max_idle_per_server,
+            },
             others: ArcSwap::from_pointee(HashMap::new()),
             building: Mutex::new(()),
             settings: settings.clone(),
@@ -125,9 +131,6 @@ impl Clients {
         tls: &BackendTls,
         req: http::Request<UpstreamBody>,
     ) -> Result<Sending, BackendTlsError> {
-        if protocol == BackendProtocol::Http {
-            return Ok(Sending::Pooled(self.http1.request(req)));
-        }
         let key = (protocol, tls.clone());
         if let Some(built) = self.others.load().get(&key) {
             if protocol.uses_tls() {

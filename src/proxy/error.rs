@@ -25,14 +25,14 @@ pub enum ProxyError {
         service: String,
         fallback: String,
         #[source]
-        source: super::clients::SendError,
+        source: UpstreamError,
     },
     #[error("service `{service}`: cannot connect to server {server}: {source}")]
     Connect {
         service: String,
         server: String,
         #[source]
-        source: super::clients::SendError,
+        source: UpstreamError,
     },
     #[error("service `{service}`: server {server} did not answer within {timeout_ms} ms")]
     Timeout {
@@ -47,7 +47,7 @@ pub enum ProxyError {
         service: String,
         server: String,
         #[source]
-        source: super::clients::SendError,
+        source: UpstreamError,
     },
     #[error(
         "service `{service}`: server {server} is at its connection limit and its queue is full"
@@ -65,6 +65,36 @@ pub enum ProxyError {
     TooLarge { max: u64 },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+}
+
+/// How an exchange with a backend failed, whichever client carried it.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Plain HTTP/1.1, through limpet's own pool.
+    #[error(transparent)]
+    Http1(#[from] super::pool::SendError),
+    /// The other protocols: HTTP/2 through limpet's multiplexed client, HTTPS/1.1 through
+    /// hyper-util's pooled one.
+    #[error(transparent)]
+    Client(#[from] super::clients::SendError),
+}
+
+impl UpstreamError {
+    /// Nothing reached the backend: any request may go to another server.
+    pub fn not_sent(&self) -> bool {
+        use super::pool::SendError;
+        match self {
+            UpstreamError::Http1(SendError::Connect(_) | SendError::Unsent(_)) => true,
+            UpstreamError::Http1(SendError::Sent(_)) => false,
+            UpstreamError::Client(e) => e.is_connect(),
+        }
+    }
+}
+
+impl From<super::pool::ConnectError> for UpstreamError {
+    fn from(e: super::pool::ConnectError) -> Self {
+        UpstreamError::Http1(e.into())
+    }
 }
 
 impl ProxyError {

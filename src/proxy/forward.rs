@@ -7,6 +7,7 @@
 //! bodiless requests can be replayed, and only idempotent ones unless the service allows
 //! more. A retry never goes to a server that already failed this request.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -21,14 +22,15 @@ use tokio::time::error::Elapsed;
 
 use super::body::{ReclaimBody, TrackedBody};
 use super::budget::{BodyError, Metered};
-use super::clients::{SendError as ClientError, Sending};
-use super::error::ProxyError;
+use super::error::{ProxyError, UpstreamError};
 use super::grpc;
 use super::headers::{add_forwarded, host_without_port, strip_hop_by_hop, ClientConn};
+use super::pool::{self, Pooled, ServerPool};
 use super::upload::Upload;
 use super::{Body, Proxy};
 use crate::sticky::find_cookie;
 use crate::table::rule::RequestFacts;
+use crate::table::spec::BackendProtocol;
 use crate::table::state::InflightGuard;
 use crate::table::{CookieVerdict, Fallback, Readiness, Service, SessionKey, Table};
 
@@ -84,11 +86,12 @@ struct Choice {
 
 /// What one attempt came to.
 enum Outcome {
-    Answered(Response<Incoming>),
+    /// With the connection to give back once the response is read, if it can be reused.
+    Answered(Response<Incoming>, Option<Pooled>),
     /// The connection could not be made: nothing was sent.
-    NotSent(ClientError),
+    NotSent(UpstreamError),
     /// The request may have reached the backend.
-    Sent(ClientError),
+    Sent(UpstreamError),
     TimedOut,
 }
 
@@ -201,13 +204,19 @@ async fn forward(
 
     let retry = &service.retry;
     let retries_possible = retry.attempts > 0 && service.servers.len() > 1;
-    // The client consumes each request it is given, so a retry is rebuilt from a copy of the
-    // method and headers, taken only when a retry could happen at all.
-    let template = retries_possible.then(|| (parts.method.clone(), parts.headers.clone()));
+    let http1 = service.protocol == BackendProtocol::Http;
     let bodiless = body.is_end_stream();
     let replayable_after_send = bodiless
         && (retry.unsafe_after_send
             || (retry.idempotent_after_send && is_idempotent(&parts.method)));
+    // A bodiless idempotent request on a reused HTTP/1.1 connection is sent again on a new
+    // one when the backend closed the old one just as it was reused (see `pool::send`).
+    let replay_on_fresh = http1 && bodiless && is_idempotent(&parts.method);
+    // The client consumes each request it is given, so a request sent again is rebuilt from
+    // a copy of the method and headers, taken only when that can happen. A plain HTTP/1.1
+    // connection is had before the request is built, so a connect failure needs no copy.
+    let template = ((retries_possible && (replayable_after_send || !http1)) || replay_on_fresh)
+        .then(|| (parts.method.clone(), parts.headers.clone()));
 
     let (mut next_body, mut reclaimed) = upstream_body(body, proxy, max_body);
     let mut first = Some(parts);
@@ -216,64 +225,105 @@ async fn forward(
         let server = &service.servers[choice.server];
         let guard = admit(service, choice.server).await?;
         let started = std::time::Instant::now();
-        let (body, mut body_sent) = match next_body.take().unwrap_or(Either::Right(Empty::new())) {
-            Either::Left(streamed) => {
-                let (watched, sent) = Upload::new(streamed);
-                (Either::Left(watched), Some(sent))
+        let outcome = 'attempt: {
+            let conn = if http1 {
+                let pool = ServerPool::of(&server.state, &server.authority);
+                match pool::checkout(&pool, &server.authority, &proxy.clients.http1).await {
+                    Ok(conn) => Some((pool, conn)),
+                    Err(e) => break 'attempt Outcome::NotSent(e.into()),
+                }
+            } else {
+                None
+            };
+            let (body, mut body_sent) =
+                match next_body.take().unwrap_or(Either::Right(Empty::new())) {
+                    Either::Left(streamed) => {
+                        let (watched, sent) = Upload::new(streamed);
+                        (Either::Left(watched), Some(sent))
+                    }
+                    Either::Right(empty) => (Either::Right(empty), None),
+                };
+            let mut outgoing = match first.take() {
+                Some(parts) => Request::from_parts(parts, body),
+                None => {
+                    let (method, headers) = template
+                        .as_ref()
+                        .expect("retries only happen with a template");
+                    let mut r = Request::new(body);
+                    *r.method_mut() = method.clone();
+                    *r.headers_mut() = headers.clone();
+                    r
+                }
+            };
+            if conn.is_some() {
+                // An HTTP/1.1 connection of our own is already to the server: the request
+                // goes in origin form (RFC 9112 §3.2.1), as the pooled clients send it.
+                *outgoing.uri_mut() = Uri::from(path_and_query.clone());
+            } else {
+                *outgoing.uri_mut() = Uri::builder()
+                    .scheme(server.scheme.clone())
+                    .authority(server.authority.clone())
+                    .path_and_query(path_and_query.clone())
+                    .build()
+                    .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
             }
-            Either::Right(empty) => (Either::Right(empty), None),
-        };
-        let mut outgoing = match first.take() {
-            Some(parts) => Request::from_parts(parts, body),
-            None => {
-                let (method, headers) = template
-                    .as_ref()
-                    .expect("retries only happen with a template");
-                let mut r = Request::new(body);
-                *r.method_mut() = method.clone();
-                *r.headers_mut() = headers.clone();
-                r
+            if !service.pass_host_header || !outgoing.headers().contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(server.authority.as_str()) {
+                    outgoing.headers_mut().insert(header::HOST, v);
+                }
             }
-        };
-        *outgoing.uri_mut() = Uri::builder()
-            .scheme(server.scheme.clone())
-            .authority(server.authority.clone())
-            .path_and_query(path_and_query.clone())
-            .build()
-            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
-        if !service.pass_host_header {
-            if let Ok(v) = HeaderValue::from_str(server.authority.as_str()) {
-                outgoing.headers_mut().insert(header::HOST, v);
+            *outgoing.version_mut() = if service.protocol.is_http2() {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            let answered = match conn {
+                Some((pool, conn)) => {
+                    let replay = template
+                        .as_ref()
+                        .filter(|_| replay_on_fresh)
+                        .map(|(m, h)| (m, h));
+                    let settings = &proxy.clients.http1;
+                    let sending =
+                        pool::send(&pool, &server.authority, settings, conn, outgoing, replay);
+                    wait_for_headers(header_timeout, sending, body_sent.take())
+                        .await
+                        .map(|r| {
+                            r.map(|(response, c)| (response, Some(c)))
+                                .map_err(Into::into)
+                        })
+                }
+                None => {
+                    let sending = proxy
+                        .clients
+                        .request(service.protocol, &service.backend_tls, outgoing)
+                        .map_err(|e| ProxyError::BackendTls {
+                            service: service.name.to_string(),
+                            source: e,
+                        })?;
+                    // Boxed, so that the plain HTTP/1.1 path does not carry this one's
+                    // future in its own.
+                    Box::pin(wait_for_headers(header_timeout, sending, body_sent.take()))
+                        .await
+                        .map(|r| r.map(|response| (response, None)).map_err(Into::into))
+                }
+            };
+            match answered {
+                Ok(Ok((response, conn))) => Outcome::Answered(response, conn),
+                Ok(Err(e)) if too_large(&e) => {
+                    return Err(ProxyError::TooLarge {
+                        max: max_body.unwrap_or_default(),
+                    })
+                }
+                Ok(Err(e)) if e.not_sent() => Outcome::NotSent(e),
+                Ok(Err(e)) => Outcome::Sent(e),
+                Err(_) => Outcome::TimedOut,
             }
-        }
-
-        *outgoing.version_mut() = if service.protocol.is_http2() {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
-        let sending = proxy
-            .clients
-            .request(service.protocol, &service.backend_tls, outgoing)
-            .map_err(|e| ProxyError::BackendTls {
-                service: service.name.to_string(),
-                source: e,
-            })?;
-        let outcome = match wait_for_headers(header_timeout, sending, body_sent.take()).await {
-            Ok(Ok(response)) => Outcome::Answered(response),
-            Ok(Err(e)) if too_large(&e) => {
-                return Err(ProxyError::TooLarge {
-                    max: max_body.unwrap_or_default(),
-                })
-            }
-            Ok(Err(e)) if e.is_connect() => Outcome::NotSent(e),
-            Ok(Err(e)) => Outcome::Sent(e),
-            Err(_) => Outcome::TimedOut,
         };
 
         let passive = &service.passive;
         let failed = match &outcome {
-            Outcome::Answered(r) => passive.unhealthy_statuses.contains(&r.status().as_u16()),
+            Outcome::Answered(r, _) => passive.unhealthy_statuses.contains(&r.status().as_u16()),
             _ => true,
         };
         if failed {
@@ -295,19 +345,23 @@ async fn forward(
             server.state.record_latency(started.elapsed());
         }
 
-        let may_retry = tried.len() < retry.attempts as usize
-            && template.is_some()
+        let may_retry = retries_possible
+            && tried.len() < retry.attempts as usize
+            && (first.is_some() || template.is_some())
             && match &outcome {
-                Outcome::Answered(_) => failed && replayable_after_send,
+                Outcome::Answered(..) => failed && replayable_after_send,
                 Outcome::NotSent(_) => true,
                 Outcome::Sent(_) | Outcome::TimedOut => replayable_after_send,
             };
         if may_retry {
-            // The body comes back only if the failed attempt never read it.
-            if let Some(rx) = reclaimed.take() {
-                match rx.await {
-                    Ok(body) => (next_body, reclaimed) = upstream_body(body, proxy, max_body),
-                    Err(_) => next_body = None,
+            // The body comes back only if the failed attempt never read it. An attempt that
+            // found no connection never took it.
+            if next_body.is_none() {
+                if let Some(rx) = reclaimed.take() {
+                    match rx.await {
+                        Ok(body) => (next_body, reclaimed) = upstream_body(body, proxy, max_body),
+                        Err(_) => next_body = None,
+                    }
                 }
             }
             let body_ready = bodiless || next_body.is_some();
@@ -338,9 +392,10 @@ async fn forward(
         }
 
         return match outcome {
-            Outcome::Answered(response) => Ok(respond(
+            Outcome::Answered(response, conn) => Ok(respond(
                 response,
                 guard,
+                conn,
                 service,
                 choice,
                 upgrade,
@@ -376,7 +431,7 @@ async fn forward(
 
 fn describe(outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Answered(r) => format!("server answered {}", r.status().as_u16()),
+        Outcome::Answered(r, _) => format!("server answered {}", r.status().as_u16()),
         Outcome::NotSent(e) | Outcome::Sent(e) => {
             let mut text = e.to_string();
             if let Some(source) = std::error::Error::source(e) {
@@ -410,15 +465,16 @@ type Prepared = Either<Metered<ReclaimBody>, Empty<bytes::Bytes>>;
 /// body has been sent: a client uploading for longer than the timeout is not the backend
 /// being slow (Go's `ResponseHeaderTimeout`, which Traefik uses, counts the same way). A
 /// backend may answer before the upload ends (a 413, say); that answer is taken at once.
-async fn wait_for_headers(
+async fn wait_for_headers<T, E>(
     timeout: std::time::Duration,
-    sending: Sending,
+    sending: impl Future<Output = Result<T, E>>,
     body_sent: Option<oneshot::Receiver<()>>,
-) -> Result<Result<Response<Incoming>, ClientError>, Elapsed> {
+) -> Result<Result<T, E>, Elapsed> {
+    // Pinned once for both cases, so that the future holds one copy of `sending`.
+    tokio::pin!(sending);
     let Some(sent) = body_sent else {
         return tokio::time::timeout(timeout, sending).await;
     };
-    tokio::pin!(sending);
     tokio::select! {
         biased;
         answered = &mut sending => Ok(answered),
@@ -427,8 +483,8 @@ async fn wait_for_headers(
 }
 
 /// Whether the request failed because its body outgrew the maximum.
-fn too_large(e: &ClientError) -> bool {
-    let mut source = std::error::Error::source(e);
+fn too_large(e: &UpstreamError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if matches!(s.downcast_ref::<BodyError>(), Some(BodyError::TooLarge(_))) {
             return true;
@@ -588,11 +644,13 @@ async fn admit(service: &Service, server: usize) -> Result<InflightGuard, ProxyE
 fn respond(
     mut response: Response<Incoming>,
     guard: InflightGuard,
+    conn: Option<Pooled>,
     service: &Service,
     choice: Choice,
     upgrade: Option<(HeaderValue, OnUpgrade)>,
     budget: Arc<super::Budget>,
 ) -> Response<Body> {
+    let conn = conn.filter(|c| c.keep_alive(&response));
     let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let tunnel = match upgrade {
         Some((_, client)) if switching => Some((client, hyper::upgrade::on(&mut response))),
@@ -635,6 +693,6 @@ fn respond(
             parts.headers.append(header::SET_COOKIE, cookie);
         }
     }
-    let body = TrackedBody::new(body, guard);
+    let body = TrackedBody::new(body, guard, conn);
     Response::from_parts(parts, Either::Left(Metered::new(body, budget, None)))
 }

@@ -11,6 +11,7 @@
 //! - `client_timeouts`: closing client connections slow over a request head, or idle.
 //! - `clients`: the client pools towards backends, per protocol.
 //! - `multiplex`: the HTTP/2 client, one shared connection per backend.
+//! - `pool`: limpet's own pool of HTTP/1.1 connections to plain-HTTP backends.
 //! - `error`: every failure, and the one place that maps failures to responses.
 
 mod body;
@@ -22,11 +23,13 @@ mod forward;
 mod grpc;
 mod headers;
 mod multiplex;
+mod pool;
 mod upload;
 
 pub use budget::{Budget, BudgetStats};
-pub use error::ProxyError;
+pub use error::{ProxyError, UpstreamError};
 pub use headers::ClientConn;
+pub use pool::{ConnectError, SendError};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -62,6 +65,8 @@ pub struct ProxySettings {
     pub response_header_timeout: Duration,
     /// How long an unused backend connection stays in the pool.
     pub idle_conn_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept per backend server; more are closed when released.
+    pub max_idle_per_server: usize,
     /// How long to wait for in-flight requests when shutting down.
     pub grace_period: Duration,
     /// Answer plain-HTTP requests with a redirect to HTTPS on this port.
@@ -86,6 +91,9 @@ impl Default for ProxySettings {
             dial_timeout: Duration::from_secs(30),
             response_header_timeout: Duration::from_secs(60),
             idle_conn_timeout: Duration::from_secs(90),
+            // More than the concurrent requests one server usually has; a burst beyond it
+            // closes its extra connections once it is over rather than keeping them.
+            max_idle_per_server: 256,
             grace_period: Duration::from_secs(10),
             redirect_to_https: None,
             memory_budget: 64 << 20,
@@ -258,15 +266,16 @@ pub async fn serve_with(
         let proxy = Arc::clone(&proxy);
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
-        let transport = transport.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let watchdog = Watchdog {
-                head: proxy.settings.client_header_timeout,
-                idle: proxy.settings.client_idle_timeout,
-            };
-            match transport {
-                Transport::Plain { h2c } => {
+        let watchdog = Watchdog {
+            head: proxy.settings.client_header_timeout,
+            idle: proxy.settings.client_idle_timeout,
+        };
+        // One task per transport: a plain connection's task then holds no TLS state, which
+        // would otherwise size every connection's task for the largest of them.
+        match transport.clone() {
+            Transport::Plain { h2c } => {
+                tokio::spawn(async move {
+                    let _slot = slot;
                     // The first bytes are the first head's: the head timeout bounds the wait.
                     let preface = match watchdog.head {
                         Some(limit) => tokio::time::timeout(limit, h2_preface(&stream)).await,
@@ -284,8 +293,11 @@ pub async fn serve_with(
                         stream, http2, &builder, watcher, watchdog, proxy, conn, peer,
                     )
                     .await
-                }
-                Transport::Tls(acceptor) => {
+                });
+            }
+            Transport::Tls(acceptor) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
                     // A failed handshake concerns this client only: log it quietly.
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                         .await
@@ -303,9 +315,9 @@ pub async fn serve_with(
                     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     serve_connection(tls, http2, &builder, watcher, watchdog, proxy, conn, peer)
                         .await
-                }
+                });
             }
-        });
+        }
     }
     drop(listener);
     let grace = proxy.settings.grace_period;
@@ -341,8 +353,10 @@ async fn serve_connection<IO>(
         let in_flight = watched.request();
         let proxy = Arc::clone(&proxy);
         let conn = conn.clone();
+        // The request's future is boxed: hyper moves the service future into its connection
+        // state by copying it, and the forwarding future is several KiB.
         async move {
-            let response = forward::handle(&proxy, req, conn).await;
+            let response = Box::pin(forward::handle(&proxy, req, conn)).await;
             Ok::<_, Infallible>(response.map(|body| Held::new(body, in_flight)))
         }
     });

@@ -7,6 +7,7 @@
 //! and each new table is handed the same `Arc` for the same server. Everything is atomics:
 //! the data plane reads and bumps them without locks.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -39,6 +40,10 @@ pub struct ServerState {
     waiting: AtomicU32,
     /// Wakes one waiter when a request finishes.
     freed: tokio::sync::Notify,
+    /// The data plane's own state for this server (its idle backend connections), attached
+    /// on first use. It lives here to be found without a lookup and to go when the server
+    /// goes; as `Any`, so that the table depends on no HTTP client.
+    attached: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 pub const PROBE_UNKNOWN: u8 = 0;
@@ -51,6 +56,14 @@ const EWMA_DECAY_MS: f64 = 10_000.0;
 const DEFAULT_LATENCY_NS: f64 = 5_000_000.0;
 
 impl ServerState {
+    /// What the data plane attached to this server, attaching `init()` if nothing is yet.
+    pub fn attachment(
+        &self,
+        init: impl FnOnce() -> Arc<dyn Any + Send + Sync>,
+    ) -> &Arc<dyn Any + Send + Sync> {
+        self.attached.get_or_init(init)
+    }
+
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
     }
