@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::harness::limpet::{write_atomically, TempDir};
+use crate::harness::process::free_port;
 use crate::harness::{eventually, Process};
 
 const MIB: u64 = 1 << 20;
@@ -123,6 +124,14 @@ fn upload_body() -> UploadBody {
     BodyExt::boxed(StreamBody::new(stream))
 }
 
+fn upload_request() -> Request<UploadBody> {
+    Request::post("/upload")
+        .header("host", "app")
+        .header("content-length", UPLOAD)
+        .body(upload_body())
+        .unwrap()
+}
+
 fn empty() -> UploadBody {
     BodyExt::boxed(Empty::new())
 }
@@ -189,14 +198,6 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_uploads_is_held_to_the_budget_and_every_accepted_one_arrives() {
     let backend = GatedBackend::start().await;
@@ -254,11 +255,7 @@ async fn a_flood_of_uploads_is_held_to_the_budget_and_every_accepted_one_arrives
             stats(web).await
         );
         let mut sender = connect(limpet.addr).await;
-        let req = Request::post("/upload")
-            .header("host", "app")
-            .header("content-length", UPLOAD)
-            .body(upload_body())
-            .unwrap();
+        let req = upload_request();
         accepted.push(tokio::spawn(async move { sender.send_request(req).await }));
         let now = settled(web).await;
         if now.used * 100 >= now.limit * 75 {
@@ -283,12 +280,10 @@ async fn a_flood_of_uploads_is_held_to_the_budget_and_every_accepted_one_arrives
     assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE, "{full:?}");
     assert!(reply.headers().contains_key("retry-after"));
     let mut sender = connect(limpet.addr).await;
-    let req = Request::post("/upload")
-        .header("host", "app")
-        .header("content-length", UPLOAD)
-        .body(upload_body())
-        .unwrap();
-    let reply = sender.send_request(req).await.expect("refused upload");
+    let reply = sender
+        .send_request(upload_request())
+        .await
+        .expect("refused upload");
     assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(reply.headers().contains_key("retry-after"));
     let during = stats(web).await;

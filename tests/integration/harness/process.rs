@@ -39,7 +39,7 @@ fn command(args: &[&str]) -> Command {
 
 /// A port that was free a moment ago. The binary cannot report a port-0 choice, so the
 /// port is chosen here; a lost race shows up as a failed start and is retried.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
