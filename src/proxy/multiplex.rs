@@ -19,7 +19,6 @@ use http::{header, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 use super::UpstreamBody;
 
@@ -38,7 +37,10 @@ pub enum H2Error {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
-    #[error("connect timed out after {0:?}")]
+    /// Boxed: it is large, and every error of a request carries this type.
+    #[error(transparent)]
+    Connect(Box<super::pool::ConnectError>),
+    #[error("TLS handshake timed out after {0:?}")]
     Timeout(Duration),
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -219,10 +221,9 @@ impl H2Client {
     }
 
     async fn dial(&self, addr: &Authority) -> Result<SendRequest<UpstreamBody>, DialError> {
-        let tcp = tokio::time::timeout(self.dial_timeout, TcpStream::connect(addr.as_str()))
+        let (tcp, _) = super::pool::connect(addr, self.dial_timeout)
             .await
-            .map_err(|_| DialError::Timeout(self.dial_timeout))??;
-        let _ = tcp.set_nodelay(true);
+            .map_err(|e| DialError::Connect(Box::new(e)))?;
         match &self.dialer {
             Dialer::Plain => handshake(tcp).await,
             Dialer::Tls {

@@ -207,6 +207,30 @@ pub async fn checkout(
 
 /// A new connection, with the dial timeout; its connection task runs on its own.
 pub async fn dial(authority: &Authority, settings: &PoolSettings) -> Result<Conn, ConnectError> {
+    let (stream, addr) = connect(authority, settings.dial_timeout).await?;
+    let (send, connection) = http1::Builder::new()
+        .max_buf_size(super::MAX_BUF)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        // Errors here reach the request that was in flight, which reports them.
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(backend = %addr, error = %e, "backend connection ended with an error");
+        }
+    });
+    Ok(Conn {
+        send,
+        reused: false,
+    })
+}
+
+/// A TCP connection to a backend, for any protocol spoken over it: the authority resolved
+/// (an IP needs no lookup), its addresses tried in turn within one `timeout`, Nagle off.
+pub async fn connect(
+    authority: &Authority,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let addrs: Vec<SocketAddr> = match authority.as_str().parse::<SocketAddr>() {
         Ok(addr) => vec![addr],
         Err(_) => {
@@ -221,37 +245,21 @@ pub async fn dial(authority: &Authority, settings: &PoolSettings) -> Result<Conn
         }
     };
     let mut last = None;
-    let deadline = Instant::now() + settings.dial_timeout;
+    let deadline = Instant::now() + timeout;
     for addr in addrs {
-        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => {
-                last = Some(ConnectError::Io { addr, source });
-                continue;
+        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, addr));
             }
+            Ok(Err(source)) => last = Some(ConnectError::Io { addr, source }),
             Err(_) => {
                 return Err(ConnectError::Timeout {
                     addr,
-                    timeout_ms: settings.dial_timeout.as_millis(),
+                    timeout_ms: timeout.as_millis(),
                 })
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let (send, connection) = http1::Builder::new()
-            .max_buf_size(super::MAX_BUF)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            // Errors here reach the request that was in flight, which reports them.
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(backend = %addr, error = %e, "backend connection ended with an error");
-            }
-        });
-        return Ok(Conn {
-            send,
-            reused: false,
-        });
+        }
     }
     Err(last.unwrap_or_else(|| ConnectError::NoAddress {
         authority: authority.to_string(),
