@@ -31,8 +31,8 @@ use crate::tls::backend::{client_config, BackendTlsError, FilesStamp};
 
 /// One client, whatever its connector.
 pub enum Upstream {
-    Plain(Client<HttpConnector, UpstreamBody>),
-    Tls(Client<HttpsConnector<HttpConnector>, UpstreamBody>),
+    /// HTTPS over HTTP/1.1. Boxed: built once per TLS setting, and far larger than the other.
+    Tls(Box<Client<HttpsConnector<HttpConnector>, UpstreamBody>>),
     /// HTTP/2, plain or TLS.
     Multiplexed(Arc<H2Client>),
 }
@@ -40,7 +40,6 @@ pub enum Upstream {
 impl Upstream {
     pub fn request(&self, req: http::Request<UpstreamBody>) -> Sending {
         match self {
-            Upstream::Plain(c) => Sending::Pooled(c.request(req)),
             Upstream::Tls(c) => Sending::Pooled(c.request(req)),
             Upstream::Multiplexed(c) => Sending::Multiplexed(c.request(req)),
         }
@@ -124,7 +123,8 @@ impl Clients {
         }
     }
 
-    /// Sends through the client for this protocol, building it on first use.
+    /// Sends through the client for this protocol, building it on first use. Plain
+    /// HTTP/1.1 never comes here: it goes through the pool, whose settings are `http1`.
     pub fn request(
         &self,
         protocol: BackendProtocol,
@@ -201,7 +201,9 @@ impl Clients {
     ) -> Result<Upstream, BackendTlsError> {
         let settings = &self.settings;
         Ok(match protocol {
-            BackendProtocol::Http => Upstream::Plain(build_plain(settings)),
+            BackendProtocol::Http => {
+                unreachable!("plain HTTP/1.1 goes through limpet's pool (proxy::pool)")
+            }
             BackendProtocol::H2c => Upstream::Multiplexed(H2Client::new(
                 Dialer::Plain,
                 settings.dial_timeout,
@@ -249,7 +251,7 @@ impl Clients {
                     .pool_idle_timeout(settings.idle_conn_timeout)
                     .pool_timer(TokioTimer::new())
                     .http1_max_buf_size(super::MAX_BUF);
-                Upstream::Tls(client.build(connector))
+                Upstream::Tls(Box::new(client.build(connector)))
             }
         })
     }
@@ -262,14 +264,4 @@ fn http_connector(settings: &ProxySettings) -> HttpConnector {
     // TLS connectors hand https URIs to this one.
     connector.enforce_http(false);
     connector
-}
-
-fn build_plain(settings: &ProxySettings) -> Client<HttpConnector, UpstreamBody> {
-    let mut connector = http_connector(settings);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(settings.idle_conn_timeout)
-        .pool_timer(TokioTimer::new())
-        .http1_max_buf_size(super::MAX_BUF)
-        .build(connector)
 }
