@@ -716,6 +716,21 @@ mod tests {
         }
     }
 
+    /// A plain container on the default bridge network.
+    fn container(id: &str, name: &str, ip: &str, labels: &[(&str, &str)]) -> Container {
+        Container {
+            id: id.into(),
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            networks: [("bridge".to_owned(), ip.to_owned())].into_iter().collect(),
+            private_ports: vec![],
+            health_failing: false,
+        }
+    }
+
     const TUTORIAL: &[(&str, &str)] = &[
         ("traefik.docker.network", "whoaminet"),
         ("traefik.port", "8000"),
@@ -1059,16 +1074,13 @@ mod tests {
 
     #[test]
     fn containers_group_by_backend_label() {
-        let c = |id: &str, name: &str, ip: &str| Container {
-            id: id.into(),
-            name: name.into(),
-            labels: [("traefik.backend", "web"), ("traefik.port", "80")]
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect(),
-            networks: [("bridge".to_owned(), ip.to_owned())].into_iter().collect(),
-            private_ports: vec![],
-            health_failing: false,
+        let c = |id: &str, name: &str, ip: &str| {
+            container(
+                id,
+                name,
+                ip,
+                &[("traefik.backend", "web"), ("traefik.port", "80")],
+            )
         };
         let (specs, problems) = containers(
             &[c("c2", "web2", "172.17.0.3"), c("c1", "web1", "172.17.0.2")],
@@ -1084,15 +1096,13 @@ mod tests {
     #[test]
     fn a_container_failing_its_healthcheck_is_no_server_until_it_passes() {
         let c = |id: &str, ip: &str, failing: bool| Container {
-            id: id.into(),
-            name: format!("web-{id}"),
-            labels: [("traefik.backend", "web"), ("traefik.port", "80")]
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect(),
-            networks: [("bridge".to_owned(), ip.to_owned())].into_iter().collect(),
-            private_ports: vec![],
             health_failing: failing,
+            ..container(
+                id,
+                &format!("web-{id}"),
+                ip,
+                &[("traefik.backend", "web"), ("traefik.port", "80")],
+            )
         };
         let ids = |specs: &[ServiceSpec]| -> Vec<String> {
             specs[0].servers.iter().map(|s| s.id.clone()).collect()
@@ -1246,18 +1256,16 @@ mod tests {
     #[test]
     fn containers_get_l4_servers_too() {
         let c = |id: &str, name: &str, ip: &str| Container {
-            id: id.into(),
-            name: name.into(),
-            labels: [
-                ("traefik.backend", "cache"),
-                ("aliyun.lb.port_6379", "tcp://lb:16379"),
-            ]
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect(),
-            networks: [("bridge".to_owned(), ip.to_owned())].into_iter().collect(),
             private_ports: vec![6379, 16379],
-            health_failing: false,
+            ..container(
+                id,
+                name,
+                ip,
+                &[
+                    ("traefik.backend", "cache"),
+                    ("aliyun.lb.port_6379", "tcp://lb:16379"),
+                ],
+            )
         };
         let (specs, problems) = containers(
             &[
