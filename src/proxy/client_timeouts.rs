@@ -49,13 +49,18 @@ impl Activity {
     }
 
     /// Bytes arrived. Between requests on HTTP/1, they begin the next head.
-    fn read(&self) {
+    pub fn read(&self) {
         if self.http1
             && self.in_flight.load(Ordering::Acquire) == 0
             && self.head_since.load(Ordering::Acquire) == 0
         {
             self.head_since.store(self.now() + 1, Ordering::Release);
         }
+    }
+
+    /// No request in flight and none begun: the connection is waiting for its client.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Acquire) == 0
     }
 
     /// A request head is complete; the request holds the connection until its response has
@@ -123,7 +128,15 @@ impl Watchdog {
                         if now >= deadline {
                             return expiry;
                         }
-                        Duration::from_millis(deadline - now)
+                        let wait = Duration::from_millis(deadline - now);
+                        // A head that begins now does not wake us. An idle HTTP/1
+                        // connection is parked soon, which ends this watch and starts the
+                        // head clock when the client speaks; until then, look again often.
+                        if expiry == Expiry::Idle && activity.http1 {
+                            wait.min(super::PARK_AFTER)
+                        } else {
+                            wait
+                        }
                     }
                     // No limit for this state: look again when it may have changed.
                     None => busy_poll,
@@ -143,6 +156,10 @@ pub struct Watched<IO> {
 impl<IO> Watched<IO> {
     pub fn new(io: IO, activity: Arc<Activity>) -> Self {
         Self { io, activity }
+    }
+
+    pub fn get_ref(&self) -> &IO {
+        &self.io
     }
 }
 

@@ -47,6 +47,15 @@ pub async fn handle(proxy: &Proxy, req: Request<Incoming>, conn: ClientConn) -> 
 }
 
 /// 308 rather than 301, so that a POST stays a POST on the way to HTTPS.
+/// [`handle`] for a caller that cannot lend the proxy for the request's lifetime.
+pub async fn handle_owned(
+    proxy: Arc<Proxy>,
+    req: Request<Incoming>,
+    conn: ClientConn,
+) -> Response<Body> {
+    handle(&proxy, req, conn).await
+}
+
 fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<Body> {
     let host = req
         .headers()

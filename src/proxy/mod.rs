@@ -11,6 +11,7 @@
 //! - `client_timeouts`: closing client connections slow over a request head, or idle.
 //! - `clients`: the client pools towards backends, per protocol.
 //! - `multiplex`: the HTTP/2 client, one shared connection per backend.
+//! - `parking`: idle HTTP/1.1 client connections without buffers.
 //! - `pool`: limpet's own pool of HTTP/1.1 connections to plain-HTTP backends.
 //! - `error`: every failure, and the one place that maps failures to responses.
 
@@ -23,12 +24,14 @@ mod forward;
 mod grpc;
 mod headers;
 mod multiplex;
+mod parking;
 mod pool;
 mod upload;
 
 pub use budget::{Budget, BudgetStats};
 pub use error::{ProxyError, UpstreamError};
 pub use headers::ClientConn;
+pub use parking::PARK_AFTER;
 pub use pool::{ConnectError, SendError};
 
 use std::convert::Infallible;
@@ -36,16 +39,22 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::{Either, Empty, Full};
-use hyper::service::service_fn;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::discovery::SharedTable;
 use client_timeouts::{Activity, Held, Watchdog, Watched};
+use parking::Parking;
 
 /// Response bodies: streamed from the backend (charged to the memory budget), or a short one
 /// limpet wrote itself.
@@ -212,6 +221,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     serve_with(listener, Transport::Plain { h2c: false }, proxy, shutdown).await
 }
 
+/// How a connection is served once its protocol is known (by the h2c preface or by ALPN).
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
 /// [`serve`], for any transport.
 pub async fn serve_with(
     listener: TcpListener,
@@ -220,24 +235,20 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let graceful = GracefulShutdown::new();
-    let builder = {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        // A bounded read buffer per connection keeps idle keep-alive connections cheap and
-        // bounds what one connection can hold outside the memory budget.
-        // hyper's header timeout doubles as an idle timeout of the same length; both are
-        // `client_timeouts`' job, with a value each.
-        b.http1()
+    // Every connection holds a receiver; the sender learns when the last one has gone.
+    let (stopping, stop) = watch::channel(false);
+    let protocols = {
+        let mut http1 = http1::Builder::new();
+        // A bounded read buffer per connection bounds what one connection can hold outside
+        // the memory budget. hyper's header timeout doubles as an idle timeout of the same
+        // length; both are `client_timeouts`' job, with a value each.
+        http1
             .timer(TokioTimer::new())
             .max_buf_size(MAX_BUF)
             .header_read_timeout(None);
-        b.http2().timer(TokioTimer::new());
-        match &transport {
-            // Not enough on its own with upgrades: see `h2_preface`.
-            Transport::Plain { h2c: false } => Arc::new(b.http1_only()),
-            // With TLS, ALPN picks the protocol; auto reads the preface to tell them apart.
-            Transport::Plain { h2c: true } | Transport::Tls(_) => Arc::new(b),
-        }
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        Arc::new(Protocols { http1, http2 })
     };
     tokio::pin!(shutdown);
     loop {
@@ -263,13 +274,17 @@ pub async fn serve_with(
             local_port,
             matches!(transport, Transport::Tls(_)),
         );
-        let proxy = Arc::clone(&proxy);
-        let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
-        let watchdog = Watchdog {
-            head: proxy.settings.client_header_timeout,
-            idle: proxy.settings.client_idle_timeout,
+        let client = Client {
+            proxy: Arc::clone(&proxy),
+            conn,
+            peer,
+            watchdog: Watchdog {
+                head: proxy.settings.client_header_timeout,
+                idle: proxy.settings.client_idle_timeout,
+            },
+            stop: stop.clone(),
         };
+        let protocols = Arc::clone(&protocols);
         // One task per transport: a plain connection's task then holds no TLS state, which
         // would otherwise size every connection's task for the largest of them.
         match transport.clone() {
@@ -277,7 +292,7 @@ pub async fn serve_with(
                 tokio::spawn(async move {
                     let _slot = slot;
                     // The first bytes are the first head's: the head timeout bounds the wait.
-                    let preface = match watchdog.head {
+                    let preface = match client.watchdog.head {
                         Some(limit) => tokio::time::timeout(limit, h2_preface(&stream)).await,
                         None => Ok(h2_preface(&stream).await),
                     };
@@ -289,10 +304,7 @@ pub async fn serve_with(
                         tracing::debug!(client = %peer, "HTTP/2 with prior knowledge, but h2c is off on this entrypoint; connection closed");
                         return;
                     }
-                    serve_connection(
-                        stream, http2, &builder, watcher, watchdog, proxy, conn, peer,
-                    )
-                    .await
+                    client.serve(stream, http2, &protocols).await
                 });
             }
             Transport::Tls(acceptor) => {
@@ -313,15 +325,16 @@ pub async fn serve_with(
                         }
                     };
                     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_connection(tls, http2, &builder, watcher, watchdog, proxy, conn, peer)
-                        .await
+                    client.serve(tls, http2, &protocols).await
                 });
             }
         }
     }
     drop(listener);
+    drop(stop);
+    let _ = stopping.send(true);
     let grace = proxy.settings.grace_period;
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(grace, stopping.closed())
         .await
         .is_err()
     {
@@ -332,45 +345,149 @@ pub async fn serve_with(
     }
 }
 
-/// Serves one client connection until it ends, or until it has been idle or slow over a
-/// request head for too long.
-#[allow(clippy::too_many_arguments)]
-async fn serve_connection<IO>(
-    io: IO,
-    http2: bool,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-    watchdog: Watchdog,
+/// One client connection, with everything its requests need.
+struct Client {
     proxy: Arc<Proxy>,
     conn: ClientConn,
     peer: std::net::SocketAddr,
-) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let activity = Activity::new(!http2);
-    let watched = Arc::clone(&activity);
-    let service = service_fn(move |req| {
-        let in_flight = watched.request();
-        let proxy = Arc::clone(&proxy);
-        let conn = conn.clone();
-        // The request's future is boxed: hyper moves the service future into its connection
-        // state by copying it, and the forwarding future is several KiB.
-        async move {
-            let response = Box::pin(forward::handle(&proxy, req, conn)).await;
-            Ok::<_, Infallible>(response.map(|body| Held::new(body, in_flight)))
-        }
-    });
-    let io = Watched::new(io, Arc::clone(&activity));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    let connection = watcher.watch(connection.into_owned());
-    tokio::select! {
-        result = connection => {
-            if let Err(e) = result {
-                tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
-            }
-        }
-        expiry = watchdog.expired(&activity) => {
-            tracing::debug!(client = %peer, ?expiry, "client connection timed out; closed");
+    watchdog: Watchdog,
+    /// Turns true when the entrypoint shuts down.
+    stop: watch::Receiver<bool>,
+}
+
+/// Why a connection was closed before it ended by itself.
+enum Cut {
+    Expired(client_timeouts::Expiry),
+    Stopped,
+}
+
+impl Client {
+    /// Serves the connection until it ends, has been idle or slow over a request head for
+    /// too long, or the entrypoint has shut down and its last request is answered.
+    async fn serve<IO>(mut self, io: IO, http2: bool, protocols: &Protocols)
+    where
+        IO: parking::ReadReady + AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let activity = Activity::new(!http2);
+        let service = {
+            let proxy = Arc::clone(&self.proxy);
+            let conn = self.conn.clone();
+            let activity = Arc::clone(&activity);
+            service_fn(move |req| {
+                let in_flight = activity.request();
+                // Boxed: hyper moves the service future into its connection state, and the
+                // forwarding future is several KiB. Boxing also makes it `Unpin`, which
+                // taking a parked connection apart needs.
+                Box::pin(forward::handle_owned(Arc::clone(&proxy), req, conn.clone())).map(
+                    move |response| {
+                        Ok::<_, Infallible>(response.map(|body| Held::new(body, in_flight)))
+                    },
+                )
+            })
+        };
+        let io = Watched::new(io, Arc::clone(&activity));
+        let ended = if http2 {
+            // Boxed, as HTTP/1.1's is, so that the task is not sized for HTTP/2's state.
+            let mut connection =
+                Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
+            self.drive(connection.as_mut(), |c| c.graceful_shutdown(), &activity)
+                .await
+        } else {
+            let io = Parking::new(io, Arc::clone(&activity));
+            self.serve_http1(io, service, protocols, &activity).await
+        };
+        if let Err(Cut::Expired(expiry)) = ended {
+            tracing::debug!(client = %self.peer, ?expiry, "client connection timed out; closed");
         }
     }
+
+    /// HTTP/1.1, parking the connection whenever it goes idle (see `parking`).
+    async fn serve_http1<IO, S>(
+        &mut self,
+        mut io: Parking<Watched<IO>>,
+        mut service: S,
+        protocols: &Protocols,
+        activity: &Activity,
+    ) -> Result<(), Cut>
+    where
+        IO: parking::ReadReady + AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        S: HttpService<Incoming, ResBody = Held<Body>> + Unpin,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // A fresh connection has bytes waiting (the preface check saw them) or buffered in
+        // TLS, where the socket may have nothing more to say; hyper takes it at once.
+        let mut fresh = true;
+        loop {
+            if !fresh && !io.has_leftover() {
+                // Parked: nothing is held but the socket until the client speaks again.
+                tokio::select! {
+                    ready = io.readable() => {
+                        // A failed socket has no one left to answer.
+                        if ready.is_err() {
+                            return Ok(());
+                        }
+                        // The next head begins: its clock runs from now.
+                        activity.read();
+                    }
+                    expiry = self.watchdog.expired(activity) => return Err(Cut::Expired(expiry)),
+                    () = stopped(&mut self.stop) => return Err(Cut::Stopped),
+                }
+            }
+            fresh = false;
+            let connection = protocols
+                .http1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            // Boxed so that a parked connection's task holds none of hyper's state.
+            let mut connection = Box::pin(connection);
+            self.drive(connection.as_mut(), |c| c.graceful_shutdown(), activity)
+                .await?;
+            // Still there unless hyper handed the socket to an upgrade.
+            let Some(parts) = Pin::into_inner(connection).into_parts() else {
+                return Ok(());
+            };
+            io = parts.io.into_inner();
+            if !io.is_parked() {
+                return Ok(());
+            }
+            io.unpark(parts.read_buf);
+            service = parts.service;
+        }
+    }
+
+    /// Polls a hyper connection to its end, cutting it when the watchdog says so and
+    /// shutting it down gracefully when the entrypoint stops.
+    async fn drive<C, E>(
+        &mut self,
+        mut connection: Pin<&mut C>,
+        graceful_shutdown: impl Fn(Pin<&mut C>),
+        activity: &Activity,
+    ) -> Result<(), Cut>
+    where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(client = %self.peer, error = %e, "client connection ended with an error");
+                    }
+                    return Ok(());
+                }
+                expiry = self.watchdog.expired(activity) => return Err(Cut::Expired(expiry)),
+                () = stopped(&mut self.stop), if !stopping => {
+                    stopping = true;
+                    graceful_shutdown(connection.as_mut());
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once the entrypoint is shutting down.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // A dropped sender means the entrypoint is gone as well.
+    let _ = stop.wait_for(|stopping| *stopping).await;
 }

@@ -18,6 +18,7 @@ mod headers;
 mod health;
 mod keepalive;
 mod l4;
+mod parking;
 mod pool;
 mod resilience;
 mod retry;

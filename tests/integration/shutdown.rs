@@ -58,3 +58,32 @@ async fn an_in_flight_request_completes_and_new_connections_are_refused() {
     limpet.stopped().await;
     eventually("the idle connection to be closed", || idle.is_closed()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_are_closed_at_once() {
+    let app = spawn_backend("app").await;
+    let mut options = Options::default();
+    // As above: `stopped` only returns in time if nothing waits for the grace period.
+    options.proxy.grace_period = Duration::from_secs(600);
+    let mut limpet = spawn_limpet(
+        &format!(
+            "[services.app]\nrule = \"PathPrefix:/\"\nservers = {}\n",
+            servers(&[&app.url])
+        ),
+        options,
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut conn = limpet.connect().await;
+        assert_eq!(conn.get("/").await.status, 200);
+        idle.push(conn);
+    }
+    // Idle long enough to be parked: limpet holds only their sockets.
+    tokio::time::sleep(limpet::proxy::PARK_AFTER * 6).await;
+    limpet.begin_shutdown();
+    limpet.stopped().await;
+    for conn in &idle {
+        eventually("a parked connection to be closed", || conn.is_closed()).await;
+    }
+}

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -240,4 +240,42 @@ async fn websocket_over_the_tls_entrypoint() {
     exchange(&mut ws, "a").await;
     let seen = backend.upgrades.lock().unwrap().last().cloned().unwrap();
     assert_eq!(seen["x-forwarded-proto"], "https");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_on_a_connection_that_was_parked_works() {
+    let chat = spawn_ws_backend("chat").await;
+    let plain = support::spawn_backend("plain").await;
+    let limpet = spawn_limpet_with_file(&format!(
+        "[services.chat]\nrule = \"Host:app.test\"\nservers = {}\n\
+         [services.plain]\nrule = \"Host:plain.test\"\nservers = {}\n",
+        servers(&[&chat.url]),
+        servers(&[&plain.url])
+    ))
+    .await;
+
+    // An ordinary request first, then a pause that parks the connection (limpet drops its
+    // HTTP state), then the upgrade on the same connection.
+    let mut tcp = TcpStream::connect(limpet.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    within("the plain response", async {
+        // The backend's body is its name, last: reading stops once it is in, so that
+        // nothing of this response is left for the WebSocket client to trip over.
+        while !head.ends_with(b"\r\n\r\nplain") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the response");
+            head.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(limpet::proxy::PARK_AFTER * 6).await;
+
+    let (mut ws, response) = open(tcp, limpet.addr, None).await;
+    assert_eq!(response.status(), 101);
+    exchange(&mut ws, &chat.name).await;
 }
