@@ -5,23 +5,30 @@ use crate::support;
 
 use std::time::Duration;
 
-use support::{eventually, servers, spawn_backend, spawn_limpet, within, Options, Req};
+use support::{
+    eventually, servers, spawn_backend, spawn_limpet, within, Backend, Limpet, Options, Req,
+};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_in_flight_request_completes_and_new_connections_are_refused() {
-    let app = spawn_backend("app").await;
-    // A grace period far beyond the test's patience: `stopped` below only returns in time
-    // if limpet closes idle connections instead of waiting the grace period out.
+/// limpet in front of `app` with a grace period far beyond the test's patience:
+/// `stopped` only returns in time if limpet closes idle connections instead of waiting the
+/// grace period out.
+async fn limpet_with_long_grace(app: &Backend) -> Limpet {
     let mut options = Options::default();
     options.proxy.grace_period = Duration::from_secs(600);
-    let mut limpet = spawn_limpet(
+    spawn_limpet(
         &format!(
             "[services.app]\nrule = \"PathPrefix:/\"\nservers = {}\n",
             servers(&[&app.url])
         ),
         options,
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_flight_request_completes_and_new_connections_are_refused() {
+    let app = spawn_backend("app").await;
+    let mut limpet = limpet_with_long_grace(&app).await;
     // An idle keep-alive connection must not hold the shutdown up.
     let mut idle = limpet.connect().await;
     assert_eq!(idle.get("/").await.backend(), "app");
@@ -62,17 +69,7 @@ async fn an_in_flight_request_completes_and_new_connections_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_connections_are_closed_at_once() {
     let app = spawn_backend("app").await;
-    let mut options = Options::default();
-    // As above: `stopped` only returns in time if nothing waits for the grace period.
-    options.proxy.grace_period = Duration::from_secs(600);
-    let mut limpet = spawn_limpet(
-        &format!(
-            "[services.app]\nrule = \"PathPrefix:/\"\nservers = {}\n",
-            servers(&[&app.url])
-        ),
-        options,
-    )
-    .await;
+    let mut limpet = limpet_with_long_grace(&app).await;
     let mut idle = Vec::new();
     for _ in 0..3 {
         let mut conn = limpet.connect().await;

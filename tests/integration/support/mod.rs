@@ -59,3 +59,17 @@ pub fn servers(urls: &[&str]) -> String {
         .collect();
     format!("[{}]", items.join(", "))
 }
+
+/// Waits for limpet to close a connection whose request head it must not answer; fails on
+/// any byte of an answer.
+pub async fn closed_unanswered(stream: &mut (impl tokio::io::AsyncRead + Unpin), what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    match within(what, stream.read(&mut buf)).await {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!(
+            "limpet answered a head that never ended: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+    }
+}
