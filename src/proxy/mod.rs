@@ -15,6 +15,7 @@
 //! - `pool`: limpet's own pool of HTTP/1.1 connections to plain-HTTP backends.
 //! - `error`: every failure, and the one place that maps failures to responses.
 
+mod batching;
 mod body;
 mod budget;
 mod client_timeouts;
@@ -385,7 +386,7 @@ impl Client {
                 )
             })
         };
-        let io = Watched::new(io, Arc::clone(&activity));
+        let io = Watched::new(batching::Batched::new(io), Arc::clone(&activity));
         let ended = if http2 {
             // Boxed, as HTTP/1.1's is, so that the task is not sized for HTTP/2's state.
             let mut connection =

@@ -210,7 +210,7 @@ pub async fn dial(authority: &Authority, settings: &PoolSettings) -> Result<Conn
     let (stream, addr) = connect(authority, settings.dial_timeout).await?;
     let (send, connection) = http1::Builder::new()
         .max_buf_size(super::MAX_BUF)
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(super::batching::Batched::new(stream)))
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {

@@ -188,10 +188,12 @@ async fn a_response_cut_short_by_the_backend_is_not_passed_on_as_complete() {
         ))
         .await;
         let mut conn = limpet.connect().await;
-        let response = conn
-            .start(Req::get("/"))
-            .await
-            .expect("the response had started");
+        // limpet's writes wait one scheduler turn (`proxy::batching`), so the backend's
+        // break may be seen before the head has left: then the client's connection ends
+        // with no response at all. Either way the client must see a failure.
+        let Ok(response) = conn.start(Req::get("/")).await else {
+            continue;
+        };
         assert_eq!(response.status(), 200, "{mode:?}");
         let body = within("the cut body", response.into_body().collect()).await;
         assert!(
