@@ -12,7 +12,7 @@ pub mod state;
 mod build;
 mod describe;
 
-pub use build::{build, StickyGlobals};
+pub use build::{Builder, StickyGlobals};
 
 use std::sync::Arc;
 
@@ -62,7 +62,8 @@ pub struct Router {
 pub struct Service {
     pub name: Box<str>,
     pub provider: Provider,
-    pub servers: Box<[Server]>,
+    /// Shared with the previous and next tables while the service's spec does not change.
+    pub servers: Arc<[Server]>,
     pub balancer: Balancer,
     pub slow_start: std::time::Duration,
     pub sticky: Option<Sticky>,
@@ -93,7 +94,7 @@ pub enum Fallback {
     Own(Box<Service>),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Sticky {
     pub cookie_name: Box<str>,
     pub mode: CookieMode,
