@@ -6,7 +6,6 @@
 //! runtime state) to the next table as they are: a rebuild costs what changed plus a small
 //! fee per service, and freeing the old table frees little more than its routers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +13,7 @@ use cookie::{Cookie, SameSite as CookieSameSite};
 use http::HeaderValue;
 
 use super::spec::{
-    CookieMode, FallbackSpec, Provider, SameSite, ServerSpec, ServiceOptions, ServiceSpec,
-    StickySpec,
+    CookieMode, FallbackSpec, SameSite, ServerSpec, ServiceOptions, ServiceSpec, StickySpec,
 };
 use super::state::{StateRegistry, PROBE_UNKNOWN};
 use super::{Fallback, Readiness, Router, Server, Service, Sticky, Table};
@@ -37,24 +35,20 @@ pub struct StickyGlobals {
 pub struct Builder {
     globals: StickyGlobals,
     states: StateRegistry,
-    /// What the last table was built from and with, per provider and service name.
-    built: HashMap<Provider, HashMap<Box<str>, Built>>,
-    /// Services of the last table whose name another service of the same provider already
-    /// had: built afresh every time, since the name cannot tell them apart.
-    duplicates: Vec<Built>,
-    /// Tables built so far, to tell which services the last one listed.
-    builds: u64,
+    /// What each service of the last table was built from and with, in table order.
+    built: Vec<Built>,
 }
 
 /// One service as the builder made it: the spec, and the parts of the [`Service`] that take
 /// work to make and that the next table can share.
 #[derive(Debug)]
 struct Built {
-    /// The [`Builder::build`] that last listed the service.
-    build: u64,
     spec: Arc<ServiceSpec>,
     sticky: Option<Sticky>,
     servers: Arc<[Server]>,
+    balancer: Arc<Balancer>,
+    /// Its routers, pointing at service 0.
+    routers: Box<[Router]>,
     fallback: Option<OwnFallback>,
 }
 
@@ -63,6 +57,7 @@ struct Built {
 struct OwnFallback {
     spec: ServiceSpec,
     servers: Arc<[Server]>,
+    balancer: Arc<Balancer>,
 }
 
 impl Builder {
@@ -85,75 +80,42 @@ impl Builder {
     /// Builds a table from every provider's services. Specs must already be valid: the
     /// providers reject bad ones with a warning naming the culprit before they get here.
     /// Servers keep their runtime state from table to table; servers that left lose it.
+    ///
+    /// The last table's services are found by walking both lists in (provider, name) order,
+    /// the publisher's, so that finding them costs no lookup; in any other order a service
+    /// is only rebuilt where it could have been reused.
     pub fn build(&mut self, specs: &[&Arc<ServiceSpec>], readiness: Readiness) -> Table {
-        let Self {
-            globals,
-            states,
-            built,
-            duplicates,
-            builds,
-        } = self;
-        *builds += 1;
-        let this = *builds;
+        let mut previous = std::mem::take(&mut self.built).into_iter().peekable();
         // What the previous table had and this one does not: let go of only after this
         // table holds its servers, so that a server kept under a changed spec keeps its state.
-        let mut gone = std::mem::take(duplicates);
-        let mut listed = 0;
+        let mut gone = Vec::new();
         let mut routers = Vec::new();
         let mut services: Vec<Service> = Vec::with_capacity(specs.len());
         for &spec in specs {
-            let by_name = built.entry(spec.provider).or_default();
-            let service = match by_name.get_mut(spec.name.as_str()) {
-                // Another service of this table has the name already.
-                Some(b) if b.build == this => {
-                    let b = Built::new(spec, states, globals, this);
-                    let service = b.service();
-                    duplicates.push(b);
-                    service
-                }
-                Some(b) if b.is_for(spec) => {
-                    b.reuse(spec, this);
-                    listed += 1;
-                    b.service()
-                }
+            let key = (spec.provider, spec.name.as_str());
+            while let Some(left) =
+                previous.next_if(|b| (b.spec.provider, b.spec.name.as_str()) < key)
+            {
+                gone.push(left);
+            }
+            let before = previous.next_if(|b| (b.spec.provider, b.spec.name.as_str()) == key);
+            let built = match before {
+                Some(b) if b.is_for(spec) => b.reused(spec),
                 // Changed: its servers are made anew, each with the state it had.
-                Some(b) => {
-                    gone.push(std::mem::replace(
-                        b,
-                        Built::new(spec, states, globals, this),
-                    ));
-                    listed += 1;
-                    b.service()
-                }
-                None => {
-                    let b = Built::new(spec, states, globals, this);
-                    let service = b.service();
-                    by_name.insert(spec.name.as_str().into(), b);
-                    listed += 1;
-                    service
+                before => {
+                    gone.extend(before);
+                    Built::new(spec, &mut self.states, &self.globals)
                 }
             };
             let index = services.len();
-            services.push(service);
-            routers.extend(spec.routers.iter().map(|r| Router {
-                name: r.name.clone().into(),
-                rule: r.rule.clone(),
-                priority: r.priority,
+            services.push(built.service());
+            routers.extend(built.routers.iter().map(|r| Router {
                 service: index,
-                tls: r.tls,
+                ..r.clone()
             }));
+            self.built.push(built);
         }
-        // Services the previous table had and this one has not.
-        if built.values().map(HashMap::len).sum::<usize>() > listed {
-            for by_name in built.values_mut() {
-                let left: Vec<Box<str>> = by_name
-                    .iter()
-                    .filter(|(_, b)| b.build != this)
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                gone.extend(left.iter().filter_map(|name| by_name.remove(name)));
-            }
-        }
+        gone.extend(previous);
         resolve_fallbacks(specs, &mut services);
         // Traefik v1 gives a router without a priority the length of its rule, so that a more
         // specific rule wins; the name breaks remaining ties so the order never depends on
@@ -164,11 +126,11 @@ impl Builder {
                 .then_with(|| a.name.cmp(&b.name))
         });
         let plain: Vec<&ServiceSpec> = specs.iter().map(|s| &***s).collect();
-        let (l4, _conflicts) = super::l4::build(&plain, states);
+        let (l4, _conflicts) = super::l4::build(&plain, &self.states);
         for built in gone {
-            built.release(states);
+            built.release(&mut self.states);
         }
-        states.built();
+        self.states.built();
         Table {
             routers: routers.into_boxed_slice(),
             services: services.into_boxed_slice(),
@@ -179,12 +141,7 @@ impl Builder {
 }
 
 impl Built {
-    fn new(
-        spec: &Arc<ServiceSpec>,
-        states: &mut StateRegistry,
-        globals: &StickyGlobals,
-        build: u64,
-    ) -> Self {
+    fn new(spec: &Arc<ServiceSpec>, states: &mut StateRegistry, globals: &StickyGlobals) -> Self {
         let sticky = spec.options.sticky.as_ref().map(|st| sticky(st, globals));
         let servers = build_servers(spec, sticky.as_ref(), states);
         let fallback = match &spec.options.fallback {
@@ -202,10 +159,10 @@ impl Built {
                     options: ServiceOptions::default(),
                     l4: Vec::new(),
                 };
-                let own_servers = build_servers(&own, None, states);
                 Some(OwnFallback {
+                    servers: build_servers(&own, None, states),
+                    balancer: balancer(&own),
                     spec: own,
-                    servers: own_servers,
                 })
             }
             Some(FallbackSpec::Service(_)) | None => None,
@@ -218,11 +175,22 @@ impl Built {
             }
         }
         Self {
-            build,
-            spec: Arc::clone(spec),
             sticky,
             servers,
+            balancer: balancer(spec),
+            routers: spec
+                .routers
+                .iter()
+                .map(|r| Router {
+                    name: r.name.as_str().into(),
+                    rule: Arc::new(r.rule.clone()),
+                    priority: r.priority,
+                    service: 0,
+                    tls: r.tls,
+                })
+                .collect(),
             fallback,
+            spec: Arc::clone(spec),
         }
     }
 
@@ -232,25 +200,34 @@ impl Built {
         Arc::ptr_eq(&self.spec, spec) || *self.spec == **spec
     }
 
-    /// Lists the service in table `build` as it is. Its servers are held back as fresh ones
-    /// would be: one of a `start_down` service that the monitor has not judged yet (it was
-    /// told to forget it) stays out.
-    fn reuse(&mut self, spec: &Arc<ServiceSpec>, build: u64) {
+    /// For the next table as it is. Its servers are held back as fresh ones would be: one
+    /// of a `start_down` service that the monitor has not judged yet (it was told to forget
+    /// it) stays out.
+    fn reused(mut self, spec: &Arc<ServiceSpec>) -> Self {
         hold_back_unprobed(&self.spec, &self.servers);
         // The caller's copy, so that an equal spec is not kept twice.
         self.spec = Arc::clone(spec);
-        self.build = build;
+        self
     }
 
-    /// The table's service: shares the servers, rebuilds the rest (a few small fields, and
-    /// the balancer, whose rotation starts anew with every table).
+    /// The table's service: shares the servers and the balancer, copies the rest (a few
+    /// small fields).
     fn service(&self) -> Service {
-        let mut service = service(&self.spec, Arc::clone(&self.servers), self.sticky.clone());
-        service.fallback = self
-            .fallback
-            .as_ref()
-            .map(|own| Fallback::Own(Box::new(service_of_own(&own.spec, &own.servers))));
-        service
+        let mut made = service(
+            &self.spec,
+            Arc::clone(&self.servers),
+            Arc::clone(&self.balancer),
+            self.sticky.clone(),
+        );
+        made.fallback = self.fallback.as_ref().map(|own| {
+            Fallback::Own(Box::new(service(
+                &own.spec,
+                Arc::clone(&own.servers),
+                Arc::clone(&own.balancer),
+                None,
+            )))
+        });
+        made
     }
 
     /// Lets go of the runtime state of every server this service listed.
@@ -265,10 +242,6 @@ impl Built {
             }
         }
     }
-}
-
-fn service_of_own(spec: &ServiceSpec, servers: &Arc<[Server]>) -> Service {
-    service(spec, Arc::clone(servers), None)
 }
 
 fn effective_priority(r: &Router) -> i64 {
@@ -344,13 +317,23 @@ fn hold_back_unprobed(spec: &ServiceSpec, servers: &[Server]) {
     }
 }
 
-fn service(spec: &ServiceSpec, servers: Arc<[Server]>, sticky: Option<Sticky>) -> Service {
+/// The balancer of a service, with its pick order worked out.
+fn balancer(spec: &ServiceSpec) -> Arc<Balancer> {
     let weights: Vec<u32> = spec.servers.iter().map(|s| s.weight).collect();
+    Arc::new(Balancer::new(spec.options.method, &weights))
+}
+
+fn service(
+    spec: &ServiceSpec,
+    servers: Arc<[Server]>,
+    balancer: Arc<Balancer>,
+    sticky: Option<Sticky>,
+) -> Service {
     Service {
-        name: spec.name.clone().into(),
+        name: spec.name.as_str().into(),
         provider: spec.provider,
         servers,
-        balancer: Balancer::new(spec.options.method, &weights),
+        balancer,
         slow_start: spec.options.slow_start,
         sticky,
         pass_host_header: spec.options.pass_host_header,

@@ -47,10 +47,11 @@ pub struct Table {
     pub l4: Box<[l4::L4Route]>,
 }
 
-#[derive(Debug)]
+/// Cheap to clone: an unchanged service's routers are copied from table to table.
+#[derive(Debug, Clone)]
 pub struct Router {
-    pub name: Box<str>,
-    pub rule: ParsedRule,
+    pub name: Arc<str>,
+    pub rule: Arc<ParsedRule>,
     pub priority: i32,
     /// Index into [`Table::services`].
     pub service: usize,
@@ -64,7 +65,8 @@ pub struct Service {
     pub provider: Provider,
     /// Shared with the previous and next tables while the service's spec does not change.
     pub servers: Arc<[Server]>,
-    pub balancer: Balancer,
+    /// Shared, with its rotation, while the service's spec does not change.
+    pub balancer: Arc<Balancer>,
     pub slow_start: std::time::Duration,
     pub sticky: Option<Sticky>,
     pub pass_host_header: bool,
