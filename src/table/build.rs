@@ -47,7 +47,7 @@ struct Built {
     sticky: Option<Sticky>,
     servers: Arc<[Server]>,
     balancer: Arc<Balancer>,
-    /// Its routers, pointing at service 0.
+    /// Its routers, pointing at service 0, to clone for each table.
     routers: Box<[Router]>,
     fallback: Option<OwnFallback>,
 }
@@ -183,7 +183,7 @@ impl Built {
                 .iter()
                 .map(|r| Router {
                     name: r.name.as_str().into(),
-                    rule: Arc::new(r.rule.clone()),
+                    rule: r.rule.clone(),
                     priority: r.priority,
                     service: 0,
                     tls: r.tls,

@@ -47,11 +47,13 @@ pub struct Table {
     pub l4: Box<[l4::L4Route]>,
 }
 
-/// Cheap to clone: an unchanged service's routers are copied from table to table.
+/// Cloned from table to table while its service does not change.
 #[derive(Debug, Clone)]
 pub struct Router {
     pub name: Arc<str>,
-    pub rule: Arc<ParsedRule>,
+    /// Inline, not behind an `Arc`: a request may test every router in turn, and one more
+    /// pointer to follow per router showed in the cost of a request.
+    pub rule: ParsedRule,
     pub priority: i32,
     /// Index into [`Table::services`].
     pub service: usize,
