@@ -31,6 +31,15 @@
 //!
 //! A `[tcp.<name>]` or `[udp.<name>]` joins `[services.<name>]` when there is one, and is a
 //! service of its own otherwise.
+//!
+//! An edit of one service in a file of thousands costs about what the edit changed: the
+//! [`Reloader`] re-parses only the services whose text changed (`sections` finds each one's
+//! text) and hands the others on unchanged, which the table builder then reuses.
+
+mod reload;
+mod sections;
+
+pub use reload::Reloader;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -622,6 +631,9 @@ fn cookie_spec(service: &str, name: Option<&str>, c: &FileCookie) -> Result<Stic
 /// Publishes the file's services whenever its content changes, until the task is dropped.
 /// The first load happened at start-up (`initial`), where a bad file is fatal.
 pub async fn watch(path: PathBuf, interval: Duration, publisher: Arc<Publisher>, initial: String) {
+    let mut reloader = Reloader::default();
+    // Known, so that the first edit re-parses only what it changed. Already checked.
+    let _ = reloader.parse(&path, &initial);
     let mut last = initial;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -641,10 +653,10 @@ pub async fn watch(path: PathBuf, interval: Duration, publisher: Arc<Publisher>,
         if text == last {
             continue;
         }
-        match parse(&path, &text) {
+        match reloader.parse(&path, &text) {
             Ok(specs) => {
                 tracing::info!(file = %path.display(), "file changed; reloading");
-                publisher.update(Provider::File, specs);
+                publisher.update_shared(Provider::File, specs);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring the edit; keeping the last good configuration")

@@ -6,8 +6,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::table::spec::{CookieMode, Provider, ServiceSpec};
-use crate::table::state::StateRegistry;
-use crate::table::{self, Readiness, StickyGlobals, Table};
+use crate::table::{Builder, Readiness, StickyGlobals, Table};
 
 /// The table as the data plane sees it: one atomic pointer, loaded per request.
 pub type SharedTable = Arc<ArcSwap<Table>>;
@@ -18,20 +17,20 @@ pub type SharedTable = Arc<ArcSwap<Table>>;
 pub struct Publisher {
     table: SharedTable,
     state: Mutex<State>,
-    sticky: StickyGlobals,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
-    /// Latest snapshot per provider; a provider that has not reported yet is absent.
-    snapshots: BTreeMap<Provider, Vec<ServiceSpec>>,
+    /// Latest snapshot per provider, sorted by name; a provider that has not reported yet is
+    /// absent.
+    snapshots: BTreeMap<Provider, Vec<Arc<ServiceSpec>>>,
     /// Providers that must report before the table is [`Readiness::Ready`].
     expected: BTreeSet<Provider>,
     /// The readiness of the current table; `None` before the first. Together with the
     /// per-provider comparison it tells whether a rebuild would change anything.
     published: Option<Readiness>,
-    /// Runtime state of the servers, handed from each table to the next.
-    states: StateRegistry,
+    /// Builds each table from the last one's parts, and keeps the servers' runtime state.
+    builder: Builder,
     /// Tables swapped out that a request may still hold. They are dropped here once nothing
     /// else holds them: otherwise the request finishing last would free thousands of servers
     /// on a worker, and worse, wait for allocator locks held by this lower-priority thread.
@@ -54,10 +53,12 @@ impl Publisher {
         Self {
             table: Arc::new(ArcSwap::from_pointee(initial)),
             state: Mutex::new(State {
+                snapshots: BTreeMap::new(),
                 expected,
-                ..State::default()
+                published: None,
+                builder: Builder::new(sticky),
+                retired: Vec::new(),
             }),
-            sticky,
         }
     }
 
@@ -67,12 +68,20 @@ impl Publisher {
 
     /// Replaces one provider's services. Returns whether a new table was published. Takes
     /// milliseconds for large tables: providers call it from the control-plane thread.
-    pub fn update(&self, provider: Provider, mut services: Vec<ServiceSpec>) -> bool {
+    pub fn update(&self, provider: Provider, services: Vec<ServiceSpec>) -> bool {
+        self.update_shared(provider, services.into_iter().map(Arc::new).collect())
+    }
+
+    /// [`Publisher::update`] for a provider that keeps its services between updates: passing
+    /// the same `Arc` again for a service that did not change lets the comparison and the
+    /// build skip it at the cost of a pointer comparison.
+    pub fn update_shared(&self, provider: Provider, mut services: Vec<Arc<ServiceSpec>>) -> bool {
         services.sort_by(|a, b| a.name.cmp(&b.name));
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *guard;
         // Compared per provider, before anything is merged or copied: the Docker watcher
-        // polls every few seconds and nearly every poll changes nothing.
+        // polls every few seconds and nearly every poll changes nothing. (`Arc`'s equality
+        // takes the same pointer as equal without looking further.)
         let changed = state.snapshots.get(&provider) != Some(&services);
         state.snapshots.insert(provider, services);
         let readiness = if state
@@ -87,13 +96,14 @@ impl Publisher {
         if !changed && state.published == Some(readiness) {
             return false;
         }
-        let buildable: Vec<&ServiceSpec> = state
+        let globals = state.builder.globals();
+        let buildable: Vec<&Arc<ServiceSpec>> = state
             .snapshots
             .values()
             .flatten()
-            .filter(|s| self.can_seal(s))
+            .filter(|s| can_seal(s, globals))
             .collect();
-        let table = table::build(&buildable, readiness, &mut state.states, &self.sticky);
+        let table = state.builder.build(&buildable, readiness);
         tracing::info!(
             provider = provider.as_str(),
             routers = table.routers.len(),
@@ -127,25 +137,23 @@ fn retire(retired: &mut Vec<Arc<Table>>) {
     retired.retain(|t| Arc::strong_count(t) > 1);
 }
 
-impl Publisher {
-    /// A service that wants sealed cookies needs the key file; without it, the service is
-    /// left out with a warning rather than silently getting readable cookies.
-    fn can_seal(&self, spec: &ServiceSpec) -> bool {
-        let wants_sealed = spec
-            .options
-            .sticky
-            .as_ref()
-            .is_some_and(|s| s.mode.unwrap_or(self.sticky.mode) == CookieMode::Sealed);
-        if wants_sealed && self.sticky.keyring.is_none() {
-            tracing::warn!(
-                service = %spec.name,
-                provider = spec.provider.as_str(),
-                "sticky mode `sealed` needs a key file (--sticky.keyfile); service skipped"
-            );
-            return false;
-        }
-        true
+/// A service that wants sealed cookies needs the key file; without it, the service is left
+/// out with a warning rather than silently getting readable cookies.
+fn can_seal(spec: &ServiceSpec, globals: &StickyGlobals) -> bool {
+    let wants_sealed = spec
+        .options
+        .sticky
+        .as_ref()
+        .is_some_and(|s| s.mode.unwrap_or(globals.mode) == CookieMode::Sealed);
+    if wants_sealed && globals.keyring.is_none() {
+        tracing::warn!(
+            service = %spec.name,
+            provider = spec.provider.as_str(),
+            "sticky mode `sealed` needs a key file (--sticky.keyfile); service skipped"
+        );
+        return false;
     }
+    true
 }
 
 #[cfg(test)]

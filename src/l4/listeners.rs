@@ -216,11 +216,10 @@ mod tests {
     use super::*;
     use crate::table::l4::{L4ServerSpec, L4Spec};
     use crate::table::spec::{Provider, ServiceOptions, ServiceSpec};
-    use crate::table::state::StateRegistry;
-    use crate::table::{build, Readiness, StickyGlobals};
+    use crate::table::{Builder, Readiness, StickyGlobals};
 
     fn table(routes: &[(&str, Protocol, u16, u16)]) -> Table {
-        let specs: Vec<ServiceSpec> = routes
+        let specs: Vec<Arc<ServiceSpec>> = routes
             .iter()
             .map(|&(name, protocol, front, backend)| {
                 let mut r = L4Spec::new("r", protocol, front);
@@ -230,22 +229,18 @@ mod tests {
                     weight: 1,
                     accepts_new: true,
                 });
-                ServiceSpec {
+                Arc::new(ServiceSpec {
                     name: name.into(),
                     provider: Provider::Docker,
                     routers: Vec::new(),
                     servers: Vec::new(),
                     options: ServiceOptions::default(),
                     l4: vec![r],
-                }
+                })
             })
             .collect();
-        build(
-            &specs.iter().collect::<Vec<_>>(),
-            Readiness::Ready,
-            &mut StateRegistry::default(),
-            &StickyGlobals::default(),
-        )
+        Builder::new(StickyGlobals::default())
+            .build(&specs.iter().collect::<Vec<_>>(), Readiness::Ready)
     }
 
     #[test]

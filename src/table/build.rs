@@ -1,5 +1,10 @@
 //! Turning provider specs into a [`Table`]: ordering routers, precomputing the balancing
 //! order and the `Set-Cookie` values, so that none of that happens per request.
+//!
+//! A swap usually changes one service of hundreds, so the [`Builder`] remembers what it
+//! built for each service and hands an unchanged service's servers (their cookies and their
+//! runtime state) to the next table as they are: a rebuild costs what changed plus a small
+//! fee per service, and freeing the old table frees little more than its routers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,53 +29,218 @@ pub struct StickyGlobals {
     pub keyring: Option<Arc<Keyring>>,
 }
 
-/// Builds a table from every provider's services. Specs must already be valid: the
-/// providers reject bad ones with a warning naming the culprit before they get here.
-/// Servers get their runtime state from `states`, which then forgets servers that left.
-pub fn build(
-    specs: &[&ServiceSpec],
-    readiness: Readiness,
-    states: &mut StateRegistry,
-    globals: &StickyGlobals,
-) -> Table {
-    let mut routers = Vec::new();
-    let mut services: Vec<Service> = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let index = services.len();
-        services.push(build_service(spec, states, globals));
-        routers.extend(spec.routers.iter().map(|r| Router {
-            name: r.name.clone().into(),
-            rule: r.rule.clone(),
-            priority: r.priority,
-            service: index,
-            tls: r.tls,
-        }));
+/// Builds each table from every provider's services, reusing what the previous table had
+/// for the services whose spec did not change. Owns the servers' runtime state.
+#[derive(Debug, Default)]
+pub struct Builder {
+    globals: StickyGlobals,
+    states: StateRegistry,
+    /// What each service of the last table was built from and with, in table order.
+    built: Vec<Built>,
+}
+
+/// One service as the builder made it: the spec, and the parts of the [`Service`] that take
+/// work to make and that the next table can share.
+#[derive(Debug)]
+struct Built {
+    spec: Arc<ServiceSpec>,
+    sticky: Option<Sticky>,
+    servers: Arc<[Server]>,
+    balancer: Arc<Balancer>,
+    /// Its routers, pointing at service 0, to clone for each table.
+    routers: Box<[Router]>,
+    fallback: Option<OwnFallback>,
+}
+
+/// The one-server service made for a fallback URL.
+#[derive(Debug)]
+struct OwnFallback {
+    spec: ServiceSpec,
+    servers: Arc<[Server]>,
+    balancer: Arc<Balancer>,
+}
+
+impl Builder {
+    pub fn new(globals: StickyGlobals) -> Self {
+        Self {
+            globals,
+            ..Self::default()
+        }
     }
-    // Traefik v1 gives a router without a priority the length of its rule, so that a more
-    // specific rule wins; the name breaks remaining ties so the order never depends on
-    // discovery order.
-    resolve_fallbacks(specs, &mut services, states, globals);
-    routers.sort_by(|a, b| {
-        effective_priority(b)
-            .cmp(&effective_priority(a))
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    let (l4, _conflicts) = super::l4::build(specs, states);
-    let live: std::collections::HashSet<&str> = specs
-        .iter()
-        .flat_map(|s| s.servers.iter().map(|sv| sv.id.as_str()))
-        .chain(specs.iter().flat_map(|s| {
-            s.l4.iter()
-                .flat_map(|r| r.servers.iter().map(|sv| sv.id.as_str()))
-        }))
-        .collect();
-    states.retain(|id| live.contains(id));
-    states.built();
-    Table {
-        routers: routers.into_boxed_slice(),
-        services: services.into_boxed_slice(),
-        readiness,
-        l4: l4.into_boxed_slice(),
+
+    pub fn globals(&self) -> &StickyGlobals {
+        &self.globals
+    }
+
+    /// How many servers have runtime state: those of the last table.
+    pub fn server_states(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Builds a table from every provider's services. Specs must already be valid: the
+    /// providers reject bad ones with a warning naming the culprit before they get here.
+    /// Servers keep their runtime state from table to table; servers that left lose it.
+    ///
+    /// The last table's services are found by walking both lists in (provider, name) order,
+    /// the publisher's, so that finding them costs no lookup; in any other order a service
+    /// is only rebuilt where it could have been reused.
+    pub fn build(&mut self, specs: &[&Arc<ServiceSpec>], readiness: Readiness) -> Table {
+        let mut previous = std::mem::take(&mut self.built).into_iter().peekable();
+        // What the previous table had and this one does not: let go of only after this
+        // table holds its servers, so that a server kept under a changed spec keeps its state.
+        let mut gone = Vec::new();
+        let mut routers = Vec::new();
+        let mut services: Vec<Service> = Vec::with_capacity(specs.len());
+        for &spec in specs {
+            let key = (spec.provider, spec.name.as_str());
+            while let Some(left) =
+                previous.next_if(|b| (b.spec.provider, b.spec.name.as_str()) < key)
+            {
+                gone.push(left);
+            }
+            let before = previous.next_if(|b| (b.spec.provider, b.spec.name.as_str()) == key);
+            let built = match before {
+                Some(b) if b.is_for(spec) => b.reused(spec),
+                // Changed: its servers are made anew, each with the state it had.
+                before => {
+                    gone.extend(before);
+                    Built::new(spec, &mut self.states, &self.globals)
+                }
+            };
+            let index = services.len();
+            services.push(built.service());
+            routers.extend(built.routers.iter().map(|r| Router {
+                service: index,
+                ..r.clone()
+            }));
+            self.built.push(built);
+        }
+        gone.extend(previous);
+        resolve_fallbacks(specs, &mut services);
+        // Traefik v1 gives a router without a priority the length of its rule, so that a more
+        // specific rule wins; the name breaks remaining ties so the order never depends on
+        // discovery order.
+        routers.sort_by(|a, b| {
+            effective_priority(b)
+                .cmp(&effective_priority(a))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let plain: Vec<&ServiceSpec> = specs.iter().map(|s| &***s).collect();
+        let (l4, _conflicts) = super::l4::build(&plain, &self.states);
+        for built in gone {
+            built.release(&mut self.states);
+        }
+        self.states.built();
+        Table {
+            routers: routers.into_boxed_slice(),
+            services: services.into_boxed_slice(),
+            readiness,
+            l4: l4.into_boxed_slice(),
+        }
+    }
+}
+
+impl Built {
+    fn new(spec: &Arc<ServiceSpec>, states: &mut StateRegistry, globals: &StickyGlobals) -> Self {
+        let sticky = spec.options.sticky.as_ref().map(|st| sticky(st, globals));
+        let servers = build_servers(spec, sticky.as_ref(), states);
+        let fallback = match &spec.options.fallback {
+            Some(FallbackSpec::Url(url)) => {
+                let own = ServiceSpec {
+                    name: format!("{}-fallback", spec.name),
+                    provider: spec.provider,
+                    routers: Vec::new(),
+                    servers: vec![ServerSpec {
+                        id: format!("fallback:{}/{url}", spec.name),
+                        url: url.clone(),
+                        weight: 1,
+                        accepts_new: true,
+                    }],
+                    options: ServiceOptions::default(),
+                    l4: Vec::new(),
+                };
+                Some(OwnFallback {
+                    servers: build_servers(&own, None, states),
+                    balancer: balancer(&own),
+                    spec: own,
+                })
+            }
+            Some(FallbackSpec::Service(_)) | None => None,
+        };
+        // L4 routes are rebuilt with every table (they are few), but their servers' state is
+        // held here with the service's, for as long as the spec lists them.
+        for route in &spec.l4 {
+            for server in &route.servers {
+                states.acquire(&server.id);
+            }
+        }
+        Self {
+            sticky,
+            servers,
+            balancer: balancer(spec),
+            routers: spec
+                .routers
+                .iter()
+                .map(|r| Router {
+                    name: r.name.as_str().into(),
+                    rule: r.rule.clone(),
+                    priority: r.priority,
+                    service: 0,
+                    tls: r.tls,
+                })
+                .collect(),
+            fallback,
+            spec: Arc::clone(spec),
+        }
+    }
+
+    /// Whether this was built from `spec`: the same one, as a provider that kept its
+    /// unchanged services passes them, or an equal one.
+    fn is_for(&self, spec: &Arc<ServiceSpec>) -> bool {
+        Arc::ptr_eq(&self.spec, spec) || *self.spec == **spec
+    }
+
+    /// For the next table as it is. Its servers are held back as fresh ones would be: one
+    /// of a `start_down` service that the monitor has not judged yet (it was told to forget
+    /// it) stays out.
+    fn reused(mut self, spec: &Arc<ServiceSpec>) -> Self {
+        hold_back_unprobed(&self.spec, &self.servers);
+        // The caller's copy, so that an equal spec is not kept twice.
+        self.spec = Arc::clone(spec);
+        self
+    }
+
+    /// The table's service: shares the servers and the balancer, copies the rest (a few
+    /// small fields).
+    fn service(&self) -> Service {
+        let mut made = service(
+            &self.spec,
+            Arc::clone(&self.servers),
+            Arc::clone(&self.balancer),
+            self.sticky.clone(),
+        );
+        made.fallback = self.fallback.as_ref().map(|own| {
+            Fallback::Own(Box::new(service(
+                &own.spec,
+                Arc::clone(&own.servers),
+                Arc::clone(&own.balancer),
+                None,
+            )))
+        });
+        made
+    }
+
+    /// Lets go of the runtime state of every server this service listed.
+    fn release(self, states: &mut StateRegistry) {
+        let own = self.fallback.iter().flat_map(|f| f.servers.iter());
+        for server in self.servers.iter().chain(own) {
+            states.release(&server.id);
+        }
+        for route in &self.spec.l4 {
+            for server in &route.servers {
+                states.release(&server.id);
+            }
+        }
     }
 }
 
@@ -82,14 +252,13 @@ fn effective_priority(r: &Router) -> i64 {
     }
 }
 
-fn build_service(
+/// The servers of a service, each holding its runtime state in `states`.
+fn build_servers(
     spec: &ServiceSpec,
+    sticky: Option<&Sticky>,
     states: &mut StateRegistry,
-    globals: &StickyGlobals,
-) -> Service {
-    let weights: Vec<u32> = spec.servers.iter().map(|s| s.weight).collect();
-    let sticky = spec.options.sticky.as_ref().map(|st| sticky(st, globals));
-    let servers = spec
+) -> Arc<[Server]> {
+    let servers: Arc<[Server]> = spec
         .servers
         .iter()
         .map(|s| {
@@ -100,21 +269,18 @@ fn build_service(
                 s.url.scheme.clone()
             };
             let url = format!("{scheme}://{}", s.url.authority);
-            let cookie_value = match sticky.as_ref().map(|st| st.mode) {
+            let cookie_value = match sticky.map(|st| st.mode) {
                 Some(CookieMode::Url) => url.clone(),
                 Some(CookieMode::Hash) => url_hash(&url),
                 Some(CookieMode::Sealed) | None => String::new(),
             };
-            let set_cookie = sticky
-                .as_ref()
-                .filter(|_| !cookie_value.is_empty())
-                .and_then(|st| {
-                    HeaderValue::from_str(&format!(
-                        "{}={cookie_value}{}",
-                        st.cookie_name, st.attributes
-                    ))
-                    .ok()
-                });
+            let set_cookie = sticky.filter(|_| !cookie_value.is_empty()).and_then(|st| {
+                HeaderValue::from_str(&format!(
+                    "{}={cookie_value}{}",
+                    st.cookie_name, st.attributes
+                ))
+                .ok()
+            });
             Server {
                 set_cookie,
                 cookie_value: cookie_value.into(),
@@ -124,30 +290,50 @@ fn build_service(
                 authority: s.url.authority.clone(),
                 weight: s.weight,
                 accepts_new: s.accepts_new,
-                state: {
-                    let state = states.get(&s.id);
-                    // Traefik #4544: with `start_down`, a server never probed takes no
-                    // traffic until its first pass.
-                    if spec
-                        .options
-                        .health_check
-                        .as_ref()
-                        .is_some_and(|h| h.start_down)
-                        && state.probe() == PROBE_UNKNOWN
-                    {
-                        state.mark_down_until_probed();
-                    }
-                    state
-                },
+                state: states.acquire(&s.id),
                 id_hash: super::stable_hash(s.id.as_bytes()),
             }
         })
         .collect();
+    hold_back_unprobed(spec, &servers);
+    servers
+}
+
+/// Traefik #4544: with `start_down`, a server never probed takes no traffic until its first
+/// pass.
+fn hold_back_unprobed(spec: &ServiceSpec, servers: &[Server]) {
+    let start_down = spec
+        .options
+        .health_check
+        .as_ref()
+        .is_some_and(|h| h.start_down);
+    if !start_down {
+        return;
+    }
+    for server in servers {
+        if server.state.probe() == PROBE_UNKNOWN {
+            server.state.mark_down_until_probed();
+        }
+    }
+}
+
+/// The balancer of a service, with its pick order worked out.
+fn balancer(spec: &ServiceSpec) -> Arc<Balancer> {
+    let weights: Vec<u32> = spec.servers.iter().map(|s| s.weight).collect();
+    Arc::new(Balancer::new(spec.options.method, &weights))
+}
+
+fn service(
+    spec: &ServiceSpec,
+    servers: Arc<[Server]>,
+    balancer: Arc<Balancer>,
+    sticky: Option<Sticky>,
+) -> Service {
     Service {
-        name: spec.name.clone().into(),
+        name: spec.name.as_str().into(),
         provider: spec.provider,
         servers,
-        balancer: Balancer::new(spec.options.method, &weights),
+        balancer,
         slow_start: spec.options.slow_start,
         sticky,
         pass_host_header: spec.options.pass_host_header,
@@ -174,48 +360,23 @@ fn build_service(
     }
 }
 
-/// Points each fallback at its service, or builds the one-server service of a fallback URL.
-/// A name that matches nothing is logged and dropped: the service still routes normally.
-fn resolve_fallbacks(
-    specs: &[&ServiceSpec],
-    services: &mut [Service],
-    states: &mut StateRegistry,
-    globals: &StickyGlobals,
-) {
+/// Points each fallback naming a service at it. A name that matches nothing is logged and
+/// dropped: the service still routes normally.
+fn resolve_fallbacks(specs: &[&Arc<ServiceSpec>], services: &mut [Service]) {
     for (i, spec) in specs.iter().enumerate() {
-        services[i].fallback = match &spec.options.fallback {
-            None => None,
-            Some(FallbackSpec::Service(name)) => {
-                // Prefer the same provider when both have a service of that name.
-                let target = specs
-                    .iter()
-                    .position(|s| s.name == *name && s.provider == spec.provider)
-                    .or_else(|| specs.iter().position(|s| s.name == *name));
-                match target {
-                    Some(t) if t != i => Some(Fallback::Service(t)),
-                    _ => {
-                        tracing::warn!(service = %spec.name, fallback = %name, "fallback service not found; no fallback");
-                        None
-                    }
-                }
-            }
-            Some(FallbackSpec::Url(url)) => {
-                let own = ServiceSpec {
-                    name: format!("{}-fallback", spec.name),
-                    provider: spec.provider,
-                    routers: Vec::new(),
-                    servers: vec![ServerSpec {
-                        id: format!("fallback:{}/{url}", spec.name),
-                        url: url.clone(),
-                        weight: 1,
-                        accepts_new: true,
-                    }],
-                    options: ServiceOptions::default(),
-                    l4: Vec::new(),
-                };
-                Some(Fallback::Own(Box::new(build_service(
-                    &own, states, globals,
-                ))))
+        let Some(FallbackSpec::Service(name)) = &spec.options.fallback else {
+            continue;
+        };
+        // Prefer the same provider when both have a service of that name.
+        let target = specs
+            .iter()
+            .position(|s| s.name == *name && s.provider == spec.provider)
+            .or_else(|| specs.iter().position(|s| s.name == *name));
+        services[i].fallback = match target {
+            Some(t) if t != i => Some(Fallback::Service(t)),
+            _ => {
+                tracing::warn!(service = %spec.name, fallback = %name, "fallback service not found; no fallback");
+                None
             }
         };
     }
@@ -264,8 +425,11 @@ mod tests {
     use super::super::spec::{Provider, RouterSpec, ServerUrl};
     use super::*;
 
-    fn refs(specs: &[ServiceSpec]) -> Vec<&ServiceSpec> {
-        specs.iter().collect()
+    /// Builds one table from nothing.
+    fn build_once(specs: &[ServiceSpec], globals: &StickyGlobals) -> Table {
+        let shared: Vec<Arc<ServiceSpec>> = specs.iter().cloned().map(Arc::new).collect();
+        let refs: Vec<&Arc<ServiceSpec>> = shared.iter().collect();
+        Builder::new(globals.clone()).build(&refs, Readiness::Ready)
     }
 
     fn spec(name: &str, rule: &str, priority: i32, ports: &[u16]) -> ServiceSpec {
@@ -297,14 +461,12 @@ mod tests {
 
     #[test]
     fn longer_rules_win_without_priority_and_priority_wins_over_length() {
-        let t = build(
-            &refs(&[
+        let t = build_once(
+            &[
                 spec("root", "PathPrefix:/", 0, &[1]),
                 spec("api", "PathPrefix:/api", 0, &[2]),
                 spec("forced", "PathPrefix:/x", 100, &[3]),
-            ]),
-            Readiness::Ready,
-            &mut StateRegistry::default(),
+            ],
             &StickyGlobals::default(),
         );
         let names: Vec<&str> = t.routers.iter().map(|r| &*r.name).collect();
@@ -316,21 +478,14 @@ mod tests {
         let mut s = spec("w", "PathPrefix:/", 0, &[8000]);
         s.options.strip_prefixes = vec!["/api".into()];
         s.options.base_path = Some("/v1".into());
-        let t = build(
-            &refs(&[s]),
-            Readiness::Ready,
-            &mut StateRegistry::default(),
-            &StickyGlobals::default(),
-        );
+        let t = build_once(&[s], &StickyGlobals::default());
         let svc = &t.services[0];
         assert_eq!(svc.rewrite_path("/api/users").as_deref(), Some("/v1/users"));
         assert_eq!(svc.rewrite_path("/api").as_deref(), Some("/v1/"));
         assert_eq!(svc.rewrite_path("/apiary").as_deref(), Some("/v1/apiary"));
         assert_eq!(svc.rewrite_path("/other").as_deref(), Some("/v1/other"));
-        let plain = build(
-            &refs(&[spec("p", "PathPrefix:/", 0, &[8000])]),
-            Readiness::Ready,
-            &mut StateRegistry::default(),
+        let plain = build_once(
+            &[spec("p", "PathPrefix:/", 0, &[8000])],
             &StickyGlobals::default(),
         );
         assert_eq!(plain.services[0].rewrite_path("/x"), None);
@@ -344,12 +499,7 @@ mod tests {
         b.options.fallback = Some(FallbackSpec::Url(ServerUrl::http("10.0.0.9", 80).unwrap()));
         let mut c = spec("c", "Host:c", 0, &[3]);
         c.options.fallback = Some(FallbackSpec::Service("missing".into()));
-        let t = build(
-            &refs(&[a, b, c]),
-            Readiness::Ready,
-            &mut StateRegistry::default(),
-            &StickyGlobals::default(),
-        );
+        let t = build_once(&[a, b, c], &StickyGlobals::default());
         assert!(matches!(t.services[0].fallback, Some(Fallback::Service(1))));
         match &t.services[1].fallback {
             Some(Fallback::Own(s)) => assert_eq!(&*s.servers[0].url, "http://10.0.0.9:80"),
@@ -360,10 +510,8 @@ mod tests {
 
     #[test]
     fn set_cookie_is_the_tutorials() {
-        let t = build(
-            &refs(&[spec("w", "PathPrefix:/", 0, &[8000])]),
-            Readiness::Ready,
-            &mut StateRegistry::default(),
+        let t = build_once(
+            &[spec("w", "PathPrefix:/", 0, &[8000])],
             &StickyGlobals::default(),
         );
         let server = &t.services[0].servers[0];
@@ -375,13 +523,11 @@ mod tests {
 
     #[test]
     fn cookie_lookup_only_knows_own_servers() {
-        let t = build(
-            &refs(&[
+        let t = build_once(
+            &[
                 spec("a", "Host:a", 0, &[8000, 8001]),
                 spec("b", "Host:b", 0, &[9000]),
-            ]),
-            Readiness::Ready,
-            &mut StateRegistry::default(),
+            ],
             &StickyGlobals::default(),
         );
         let a = &t.services[0];
@@ -391,5 +537,66 @@ mod tests {
         assert_eq!(a.resolve_cookie("http://169.254.169.254:80"), Stale);
         assert_eq!(a.resolve_cookie(""), Invalid);
         assert_eq!(a.resolve_cookie("garbage"), Invalid);
+    }
+
+    fn shared(specs: Vec<ServiceSpec>) -> Vec<Arc<ServiceSpec>> {
+        specs.into_iter().map(Arc::new).collect()
+    }
+
+    fn build_from(b: &mut Builder, specs: &[Arc<ServiceSpec>]) -> Table {
+        b.build(&specs.iter().collect::<Vec<_>>(), Readiness::Ready)
+    }
+
+    #[test]
+    fn unchanged_services_share_their_servers_and_changed_ones_keep_server_state() {
+        let mut b = Builder::default();
+        let specs = shared(vec![
+            spec("a", "Host:a", 0, &[1, 2]),
+            spec("b", "Host:b", 0, &[3]),
+        ]);
+        let first = build_from(&mut b, &specs);
+        let _busy = first.services[0].servers[1].state.start_request();
+        // `a` loses a server, `b` is the same spec (and an equal copy of it the next time).
+        let changed = Arc::new(spec("a", "Host:a", 0, &[2]));
+        let second = build_from(&mut b, &[Arc::clone(&changed), Arc::clone(&specs[1])]);
+        assert!(Arc::ptr_eq(
+            &first.services[1].servers,
+            &second.services[1].servers
+        ));
+        assert_eq!(second.services[0].servers[0].state.inflight(), 1);
+        assert_eq!(b.server_states(), 2, "the server that left lost its state");
+        let third = build_from(&mut b, &[changed, Arc::new(spec("b", "Host:b", 0, &[3]))]);
+        assert!(Arc::ptr_eq(
+            &first.services[1].servers,
+            &third.services[1].servers
+        ));
+        // Every table routes to its own index of the service.
+        let fourth = build_from(&mut b, &shared(vec![spec("b", "Host:b", 0, &[3])]));
+        assert_eq!(fourth.routers[0].service, 0);
+        assert_eq!(b.server_states(), 1);
+        build_from(&mut b, &[]);
+        assert_eq!(b.server_states(), 0);
+    }
+
+    #[test]
+    fn a_name_given_twice_keeps_both_services_states_held() {
+        let mut b = Builder::default();
+        let specs = shared(vec![
+            spec("a", "Host:a", 0, &[1]),
+            spec("a", "Host:b", 0, &[2]),
+        ]);
+        let first = build_from(&mut b, &specs);
+        let second = build_from(&mut b, &specs);
+        assert_eq!(b.server_states(), 2);
+        assert!(Arc::ptr_eq(
+            &first.services[0].servers[0].state,
+            &second.services[0].servers[0].state
+        ));
+        assert!(Arc::ptr_eq(
+            &first.services[1].servers[0].state,
+            &second.services[1].servers[0].state
+        ));
+        build_from(&mut b, &specs[..1]);
+        assert_eq!(b.server_states(), 1);
     }
 }

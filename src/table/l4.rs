@@ -390,7 +390,7 @@ impl fmt::Display for PortConflict {
 /// discovery order, so every replica keeps the same route; each is logged and returned.
 pub(super) fn build(
     specs: &[&ServiceSpec],
-    states: &mut StateRegistry,
+    states: &StateRegistry,
 ) -> (Vec<L4Route>, Vec<PortConflict>) {
     let mut wanted: Vec<(&ServiceSpec, &L4Spec)> = specs
         .iter()
@@ -447,7 +447,7 @@ fn build_route(
     service: &ServiceSpec,
     spec: &L4Spec,
     name: String,
-    states: &mut StateRegistry,
+    states: &StateRegistry,
 ) -> L4Route {
     let weights: Vec<u32> = spec.servers.iter().map(|s| s.weight).collect();
     let method = match spec.balance {
@@ -531,9 +531,9 @@ mod tests {
     }
 
     fn table(specs: &[ServiceSpec]) -> (Table, Vec<PortConflict>) {
-        let mut states = StateRegistry::default();
+        let states = StateRegistry::default();
         let refs: Vec<&ServiceSpec> = specs.iter().collect();
-        let (l4, conflicts) = build(&refs, &mut states);
+        let (l4, conflicts) = build(&refs, &states);
         let t = Table {
             l4: l4.into(),
             ..Table::loading()

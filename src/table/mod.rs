@@ -12,7 +12,7 @@ pub mod state;
 mod build;
 mod describe;
 
-pub use build::{build, StickyGlobals};
+pub use build::{Builder, StickyGlobals};
 
 use std::sync::Arc;
 
@@ -47,9 +47,12 @@ pub struct Table {
     pub l4: Box<[l4::L4Route]>,
 }
 
-#[derive(Debug)]
+/// Cloned from table to table while its service does not change.
+#[derive(Debug, Clone)]
 pub struct Router {
-    pub name: Box<str>,
+    pub name: Arc<str>,
+    /// Inline, not behind an `Arc`: a request may test every router in turn, and one more
+    /// pointer to follow per router showed in the cost of a request.
     pub rule: ParsedRule,
     pub priority: i32,
     /// Index into [`Table::services`].
@@ -62,8 +65,10 @@ pub struct Router {
 pub struct Service {
     pub name: Box<str>,
     pub provider: Provider,
-    pub servers: Box<[Server]>,
-    pub balancer: Balancer,
+    /// Shared with the previous and next tables while the service's spec does not change.
+    pub servers: Arc<[Server]>,
+    /// Shared, with its rotation, while the service's spec does not change.
+    pub balancer: Arc<Balancer>,
     pub slow_start: std::time::Duration,
     pub sticky: Option<Sticky>,
     pub pass_host_header: bool,
@@ -93,7 +98,7 @@ pub enum Fallback {
     Own(Box<Service>),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Sticky {
     pub cookie_name: Box<str>,
     pub mode: CookieMode,

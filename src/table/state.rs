@@ -246,26 +246,65 @@ impl Drop for WaitGuard<'_> {
 }
 
 /// The states of every server in the current table, owned by the control plane.
+///
+/// Each state is held by the table builder for as long as some service of the table lists
+/// its server, counted per listing, so that a rebuild touches only the servers of the
+/// services that changed: a state goes when the last listing of its server goes.
 #[derive(Debug, Default)]
 pub struct StateRegistry {
-    states: HashMap<String, Arc<ServerState>>,
+    states: HashMap<Box<str>, Held>,
     /// Set after the first table: servers found at start-up take a full share at once,
     /// servers that appear later ramp up.
     started: bool,
 }
 
+#[derive(Debug)]
+struct Held {
+    state: Arc<ServerState>,
+    /// Listings of the server in the services the builder keeps.
+    holders: u32,
+}
+
 impl StateRegistry {
-    /// The state for this server identity, shared with the previous table if it had one.
-    pub fn get(&mut self, id: &str) -> Arc<ServerState> {
-        if let Some(s) = self.states.get(id) {
-            return Arc::clone(s);
+    /// The state for this server identity, shared with the previous table if it had one,
+    /// and held until a matching [`StateRegistry::release`].
+    pub fn acquire(&mut self, id: &str) -> Arc<ServerState> {
+        if let Some(held) = self.states.get_mut(id) {
+            held.holders += 1;
+            return Arc::clone(&held.state);
         }
-        let s = Arc::new(ServerState::default());
+        let state = Arc::new(ServerState::default());
         if self.started {
-            s.begin_ramp();
+            state.begin_ramp();
         }
-        self.states.insert(id.to_owned(), Arc::clone(&s));
-        s
+        self.states.insert(
+            id.into(),
+            Held {
+                state: Arc::clone(&state),
+                holders: 1,
+            },
+        );
+        state
+    }
+
+    /// The state of a server that is held, without holding it once more; a server nothing
+    /// holds gets a state of its own that the registry does not keep.
+    pub fn get(&self, id: &str) -> Arc<ServerState> {
+        match self.states.get(id) {
+            Some(held) => Arc::clone(&held.state),
+            None => Arc::new(ServerState::default()),
+        }
+    }
+
+    /// Lets go of one [`StateRegistry::acquire`]; the last one forgets the server, whose
+    /// runtime state a later return then starts afresh.
+    pub fn release(&mut self, id: &str) {
+        if let Some(held) = self.states.get_mut(id) {
+            held.holders -= 1;
+            if held.holders == 0 {
+                self.states.remove(id);
+            }
+        }
     }
 
     /// Marks the end of a table build.
@@ -273,9 +312,13 @@ impl StateRegistry {
         self.started = true;
     }
 
-    /// Forgets servers that are no longer in any table.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.states.retain(|id, _| keep(id));
+    /// How many servers have a state.
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
     }
 }
 
@@ -284,13 +327,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn state_survives_by_identity() {
+    fn state_survives_by_identity_until_its_last_holder_lets_go() {
         let mut r = StateRegistry::default();
-        let a = r.get("task-1");
+        let a = r.acquire("task-1");
         let _guard = a.start_request();
-        assert_eq!(r.get("task-1").inflight(), 1);
-        r.retain(|id| id != "task-1");
-        assert_eq!(r.get("task-1").inflight(), 0);
+        assert_eq!(r.acquire("task-1").inflight(), 1);
+        r.release("task-1");
+        assert_eq!(r.get("task-1").inflight(), 1, "still held once");
+        r.release("task-1");
+        assert!(r.is_empty());
+        assert_eq!(r.acquire("task-1").inflight(), 0);
     }
 
     #[test]
@@ -344,9 +390,9 @@ mod tests {
     #[test]
     fn only_servers_added_after_start_ramp() {
         let mut r = StateRegistry::default();
-        assert_eq!(r.get("a").ramp(now_ms(), Duration::from_secs(60)), 1.0);
+        assert_eq!(r.acquire("a").ramp(now_ms(), Duration::from_secs(60)), 1.0);
         r.built();
-        assert!(r.get("b").ramp(now_ms(), Duration::from_secs(60)) < 1.0);
+        assert!(r.acquire("b").ramp(now_ms(), Duration::from_secs(60)) < 1.0);
     }
 
     #[tokio::test]

@@ -1,0 +1,152 @@
+//! Re-reading the file after an edit at a cost in proportion to the edit.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{parse, sections, FileError};
+use crate::table::spec::ServiceSpec;
+
+/// Parses successive versions of the file. A service whose text did not change is handed on
+/// as the same `Arc` as last time, which the publisher and the table builder then pass over
+/// at the cost of a pointer comparison; only the services whose text changed are parsed.
+#[derive(Debug, Default)]
+pub struct Reloader {
+    /// Per service name: its text in the last good version, and what it gave.
+    known: HashMap<String, Known>,
+}
+
+#[derive(Debug)]
+struct Known {
+    text: String,
+    spec: Arc<ServiceSpec>,
+}
+
+impl Reloader {
+    /// The file's services, as [`parse`] gives them. An error is always the one parsing the
+    /// whole file gives, so that it names the right line; the last good version stays known.
+    pub fn parse(&mut self, path: &Path, text: &str) -> Result<Vec<Arc<ServiceSpec>>, FileError> {
+        if let Some(specs) = self.parse_changed(path, text) {
+            return Ok(specs);
+        }
+        let specs = parse(path, text)?;
+        // A file the split does not handle: nothing to compare the next version with.
+        self.known.clear();
+        Ok(specs.into_iter().map(Arc::new).collect())
+    }
+
+    /// Parses the services whose text changed and keeps the others; `None` when the file
+    /// cannot be split by service or a changed service does not parse on its own.
+    fn parse_changed(&mut self, path: &Path, text: &str) -> Option<Vec<Arc<ServiceSpec>>> {
+        let parts = sections::split(text)?;
+        // Everything is parsed before anything known is replaced: a bad edit changes nothing.
+        let mut fresh: Vec<Option<Known>> = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let unchanged = self
+                .known
+                .get(part.name)
+                .is_some_and(|k| k.text == *part.text);
+            fresh.push(if unchanged {
+                None
+            } else {
+                let mut specs = parse(path, &part.text).ok()?;
+                let spec = specs
+                    .pop()
+                    .filter(|s| specs.is_empty() && s.name == part.name)?;
+                Some(Known {
+                    text: part.text.clone().into_owned(),
+                    spec: Arc::new(spec),
+                })
+            });
+        }
+        let mut specs = Vec::with_capacity(parts.len());
+        for (part, fresh) in parts.iter().zip(fresh) {
+            let spec = match fresh {
+                Some(entry) => {
+                    let spec = Arc::clone(&entry.spec);
+                    self.known.insert(part.name.to_owned(), entry);
+                    spec
+                }
+                None => Arc::clone(&self.known.get(part.name)?.spec),
+            };
+            specs.push(spec);
+        }
+        // Services the file no longer has (names are unique: each is one part).
+        if self.known.len() > parts.len() {
+            let names: HashSet<&str> = parts.iter().map(|p| p.name).collect();
+            self.known.retain(|name, _| names.contains(name.as_str()));
+        }
+        Some(specs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATH: &str = "limpet.toml";
+
+    fn file(api_rule: &str) -> String {
+        format!(
+            "[services.api]\nrule = \"{api_rule}\"\nservers = [{{ url = \"http://127.0.0.1:8001\" }}]\n\
+             [services.web]\nrule = \"PathPrefix:/\"\nsticky = true\n\
+             servers = [{{ url = \"http://127.0.0.1:8002\" }}]\n\
+             [services.web.cookie]\nsecure = true\n\
+             [tcp.web]\nfront_port = 8443\nservers = [{{ address = \"127.0.0.1:8443\" }}]\n\
+             [udp.dns]\nfront_port = 53\nservers = [{{ address = \"127.0.0.1:5353\" }}]\n"
+        )
+    }
+
+    fn whole(text: &str) -> Vec<ServiceSpec> {
+        parse(Path::new(PATH), text).unwrap()
+    }
+
+    fn specs(r: &mut Reloader, text: &str) -> Vec<Arc<ServiceSpec>> {
+        r.parse(Path::new(PATH), text).unwrap()
+    }
+
+    fn plain(specs: &[Arc<ServiceSpec>]) -> Vec<ServiceSpec> {
+        specs.iter().map(|s| (**s).clone()).collect()
+    }
+
+    #[test]
+    fn gives_what_the_whole_file_gives_and_reuses_unchanged_services() {
+        let mut r = Reloader::default();
+        let first = specs(&mut r, &file("Host:a"));
+        assert_eq!(plain(&first), whole(&file("Host:a")));
+        let second = specs(&mut r, &file("Host:b"));
+        assert_eq!(plain(&second), whole(&file("Host:b")));
+        let names: Vec<&str> = second.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["api", "web", "dns"]);
+        assert!(!Arc::ptr_eq(&first[0], &second[0]), "api changed");
+        assert!(Arc::ptr_eq(&first[1], &second[1]) && Arc::ptr_eq(&first[2], &second[2]));
+    }
+
+    #[test]
+    fn a_bad_edit_reports_the_whole_files_error_and_forgets_nothing() {
+        let mut r = Reloader::default();
+        let good = specs(&mut r, &file("Host:a"));
+        let bad = file("Hots:a");
+        let e = r.parse(Path::new(PATH), &bad).unwrap_err().to_string();
+        assert_eq!(e, parse(Path::new(PATH), &bad).unwrap_err().to_string());
+        let again = specs(&mut r, &file("Host:c"));
+        assert!(Arc::ptr_eq(&good[1], &again[1]));
+    }
+
+    #[test]
+    fn services_that_leave_are_forgotten() {
+        let mut r = Reloader::default();
+        specs(&mut r, &file("Host:a"));
+        let text = "[services.api]\nrule = \"Host:a\"\n";
+        assert_eq!(plain(&specs(&mut r, text)), whole(text));
+        assert_eq!(r.known.len(), 1);
+    }
+
+    #[test]
+    fn a_file_it_cannot_split_is_parsed_whole() {
+        let mut r = Reloader::default();
+        let text = "[services]\napi.rule = \"Host:a\"\n";
+        assert_eq!(plain(&specs(&mut r, text)), whole(text));
+        assert!(r.known.is_empty());
+    }
+}
