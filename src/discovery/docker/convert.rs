@@ -691,6 +691,11 @@ mod tests {
         }
     }
 
+    /// A running task of service `s1` with one address on `net`.
+    fn running(id: &str, net: &str, ip: &str) -> Task {
+        task(id, "s1", "running", vec![attachment(net, ip, false)])
+    }
+
     fn task(id: &str, service: &str, state: &str, nets: Vec<NetworkAttachment>) -> Task {
         Task {
             slot: None,
@@ -779,12 +784,7 @@ mod tests {
     fn stack_prefixed_network_matches_the_short_label() {
         let mut svc = service(TUTORIAL);
         svc.labels.insert(STACK_NAMESPACE.into(), "demo".into());
-        let tasks = vec![task(
-            "t1",
-            "s1",
-            "running",
-            vec![attachment("demo_whoaminet", "10.0.1.5", false)],
-        )];
+        let tasks = vec![running("t1", "demo_whoaminet", "10.0.1.5")];
         let (specs, problems) = swarm(&[svc], &tasks, &defaults(), &Marks::default());
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(specs[0].servers.len(), 1);
@@ -823,12 +823,7 @@ mod tests {
         let mut bad = service(&[("traefik.port", "http")]);
         bad.id = "s2".into();
         bad.name = "broken".into();
-        let tasks = vec![task(
-            "t1",
-            "s1",
-            "running",
-            vec![attachment("whoaminet", "10.0.1.5", false)],
-        )];
+        let tasks = vec![running("t1", "whoaminet", "10.0.1.5")];
         let (specs, problems) = swarm(
             &[bad, service(TUTORIAL)],
             &tasks,
@@ -843,12 +838,7 @@ mod tests {
 
     #[test]
     fn a_bad_relabel_keeps_the_last_valid_labels_and_a_new_bad_service_is_skipped() {
-        let tasks = vec![task(
-            "t1",
-            "s1",
-            "running",
-            vec![attachment("whoaminet", "10.0.1.5", false)],
-        )];
+        let tasks = vec![running("t1", "whoaminet", "10.0.1.5")];
         let mut memory = LabelMemory::default();
         let run = |services: &[SwarmService], memory: &mut LabelMemory| {
             swarm_remembering(services, &tasks, &defaults(), &Marks::default(), memory)
@@ -890,12 +880,7 @@ mod tests {
     #[test]
     fn a_fallback_to_itself_is_refused_like_any_bad_label() {
         let mut memory = LabelMemory::default();
-        let tasks = vec![task(
-            "t1",
-            "s1",
-            "running",
-            vec![attachment("whoaminet", "10.0.1.5", false)],
-        )];
+        let tasks = vec![running("t1", "whoaminet", "10.0.1.5")];
         let mut svc = service(TUTORIAL);
         let (specs, _) = swarm_remembering(
             &[svc.clone()],
@@ -919,12 +904,7 @@ mod tests {
     fn missing_port_uses_the_single_declared_port_or_complains() {
         let mut svc = service(&[]);
         svc.target_ports = vec![8000];
-        let tasks = vec![task(
-            "t1",
-            "s1",
-            "running",
-            vec![attachment("n", "10.0.1.5", false)],
-        )];
+        let tasks = vec![running("t1", "n", "10.0.1.5")];
         let (specs, _) = swarm(&[svc.clone()], &tasks, &defaults(), &Marks::default());
         assert_eq!(specs[0].servers[0].url.to_string(), "http://10.0.1.5:8000");
         svc.target_ports = vec![];
@@ -935,12 +915,7 @@ mod tests {
 
     #[test]
     fn default_rule_and_disabled_services() {
-        let tasks = vec![task(
-            "t1",
-            "s1",
-            "running",
-            vec![attachment("n", "10.0.1.5", false)],
-        )];
+        let tasks = vec![running("t1", "n", "10.0.1.5")];
         let d = Defaults {
             exposed_by_default: true,
             domain: "example.org".into(),
@@ -970,12 +945,7 @@ mod tests {
 
     #[test]
     fn shutting_down_and_marked_tasks_keep_pinned_clients_only() {
-        let mut shutting = task(
-            "t2",
-            "s1",
-            "running",
-            vec![attachment("whoaminet", "10.0.1.4", false)],
-        );
+        let mut shutting = running("t2", "whoaminet", "10.0.1.4");
         shutting.desired_state = "shutdown".into();
         let mut gone = task(
             "t4",
@@ -985,19 +955,9 @@ mod tests {
         );
         gone.desired_state = "shutdown".into();
         let tasks = vec![
-            task(
-                "t1",
-                "s1",
-                "running",
-                vec![attachment("whoaminet", "10.0.1.5", false)],
-            ),
+            running("t1", "whoaminet", "10.0.1.5"),
             shutting,
-            task(
-                "t3",
-                "s1",
-                "running",
-                vec![attachment("whoaminet", "10.0.1.6", false)],
-            ),
+            running("t3", "whoaminet", "10.0.1.6"),
             gone,
         ];
         let mut marks = Marks::default();
@@ -1005,12 +965,7 @@ mod tests {
         let mut tasks = tasks;
         tasks.push(Task {
             slot: Some(7),
-            ..task(
-                "t5",
-                "s1",
-                "running",
-                vec![attachment("whoaminet", "10.0.1.8", false)],
-            )
+            ..running("t5", "whoaminet", "10.0.1.8")
         });
         let mut svc = service(TUTORIAL);
         svc.labels.insert("limpet.maintenance".into(), "7".into());
@@ -1026,18 +981,8 @@ mod tests {
     #[test]
     fn a_task_whose_container_exited_is_no_server_while_swarm_still_says_running() {
         let tasks = vec![
-            task(
-                "t1",
-                "s1",
-                "running",
-                vec![attachment("whoaminet", "10.0.1.5", false)],
-            ),
-            task(
-                "t2",
-                "s1",
-                "running",
-                vec![attachment("whoaminet", "10.0.1.6", false)],
-            ),
+            running("t1", "whoaminet", "10.0.1.5"),
+            running("t2", "whoaminet", "10.0.1.6"),
         ];
         let mut marks = Marks::default();
         marks.draining.insert("t2".into());
@@ -1049,12 +994,7 @@ mod tests {
 
     #[test]
     fn tasks_on_networks_limpet_is_not_on_are_skipped() {
-        let tasks = vec![task(
-            "t1",
-            "s1",
-            "running",
-            vec![attachment("whoaminet", "10.0.1.5", false)],
-        )];
+        let tasks = vec![running("t1", "whoaminet", "10.0.1.5")];
         let mut d = defaults();
         d.reachable = Some(["othernet".to_owned()].into_iter().collect());
         let (specs, problems) = swarm(&[service(TUTORIAL)], &tasks, &d, &Marks::default());
@@ -1130,18 +1070,8 @@ mod tests {
         svc.name = "redis-demo".into();
         svc.target_ports = vec![6379];
         let tasks = vec![
-            task(
-                "t1",
-                "s1",
-                "running",
-                vec![attachment("net", "10.0.1.5", false)],
-            ),
-            task(
-                "t2",
-                "s1",
-                "running",
-                vec![attachment("net", "10.0.1.6", false)],
-            ),
+            running("t1", "net", "10.0.1.5"),
+            running("t2", "net", "10.0.1.6"),
         ];
         let (specs, problems) = swarm(&[svc], &tasks, &defaults(), &Marks::default());
         assert!(problems.is_empty(), "{problems:?}");
@@ -1175,22 +1105,9 @@ mod tests {
             ("limpet.udp.stats.frontport", "8125"),
             ("limpet.tcp.admin.frontport", "not-a-port"),
         ]);
-        let mut shutting = task(
-            "t2",
-            "s1",
-            "running",
-            vec![attachment("whoaminet", "10.0.1.4", false)],
-        );
+        let mut shutting = running("t2", "whoaminet", "10.0.1.4");
         shutting.desired_state = "shutdown".into();
-        let tasks = vec![
-            task(
-                "t1",
-                "s1",
-                "running",
-                vec![attachment("whoaminet", "10.0.1.5", false)],
-            ),
-            shutting,
-        ];
+        let tasks = vec![running("t1", "whoaminet", "10.0.1.5"), shutting];
         let (specs, problems) = swarm(&[service(&labels)], &tasks, &defaults(), &Marks::default());
         let s = &specs[0];
         assert_eq!(s.routers.len(), 1);
@@ -1216,12 +1133,7 @@ mod tests {
             ("limpet.tcp.db.frontport", "5432"),
         ]);
         svc.target_ports = vec![5432, 8080];
-        let tasks = vec![task(
-            "t1",
-            "s1",
-            "running",
-            vec![attachment("n", "10.0.1.5", false)],
-        )];
+        let tasks = vec![running("t1", "n", "10.0.1.5")];
         let (specs, problems) = swarm(&[svc], &tasks, &defaults(), &Marks::default());
         assert_eq!(specs[0].l4[0].servers.len(), 1);
         assert!(specs[0].routers.is_empty());
@@ -1233,12 +1145,7 @@ mod tests {
 
     #[test]
     fn alibaba_http_label_is_the_http_port_and_says_what_it_ignores() {
-        let tasks = vec![task(
-            "t1",
-            "s1",
-            "running",
-            vec![attachment("n", "10.0.1.5", false)],
-        )];
+        let tasks = vec![running("t1", "n", "10.0.1.5")];
         let (specs, problems) = swarm(
             &[service(&[("aliyun.lb.port_8000", "https://slb_web:443")])],
             &tasks,
