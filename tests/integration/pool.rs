@@ -203,16 +203,19 @@ async fn a_connection_the_backend_closes_is_not_reused() {
     assert_eq!((app.accepted(), app.requests()), (4, 4));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pooled_connection_dying_as_it_is_reused_is_replaced_for_idempotent_requests() {
-    // The first connection answers once, then takes the next request and closes without a
-    // word: a backend closing an idle connection just as limpet reuses it.
-    let app = scripted_backend(|conn, request| match (conn, request) {
+/// The first connection answers once, then takes the next request and closes without a
+/// word: a backend closing an idle connection just as limpet reuses it.
+fn dies_on_reuse(conn: usize, request: usize) -> Act {
+    match (conn, request) {
         (0, 0) => Act::Answer,
         (0, _) => Act::Drop,
         _ => Act::Answer,
-    })
-    .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_dying_as_it_is_reused_is_replaced_for_idempotent_requests() {
+    let app = scripted_backend(dies_on_reuse).await;
     let limpet = spawn_limpet_with_file(&one_service(&app.url)).await;
 
     assert_eq!(limpet.get("/").await.text(), "conn 0 request 0");
@@ -227,12 +230,7 @@ async fn a_pooled_connection_dying_as_it_is_reused_is_replaced_for_idempotent_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_may_not_be_repeated_is_not_sent_again() {
-    let app = scripted_backend(|conn, request| match (conn, request) {
-        (0, 0) => Act::Answer,
-        (0, _) => Act::Drop,
-        _ => Act::Answer,
-    })
-    .await;
+    let app = scripted_backend(dies_on_reuse).await;
     let limpet = spawn_limpet_with_file(&one_service(&app.url)).await;
 
     assert_eq!(limpet.get("/").await.status, 200);
