@@ -28,7 +28,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::swarm::{
-    docker, enabled, free_ports, try_docker, unique_name, wait_for, Custom, Entry, Images, Tutorial,
+    containers, docker, enabled, free_ports, try_docker, unique_name, wait_for, Custom, Entry,
+    Images, Tutorial,
 };
 
 /// How soon after Docker reports a health change limpet acts on it (an event, then a poll).
@@ -223,27 +224,18 @@ fn health_of(container: &str) -> Option<String> {
 /// The service's running containers: (short id, health status, failed checks among the
 /// last five Docker keeps). Docker's own failing streak stays 0 during the start period.
 fn health(service: &str) -> Vec<(String, String, u32)> {
-    let filter = format!("label=com.docker.swarm.service.name={service}");
-    let ids = docker([
-        "ps",
-        "--quiet",
-        "--filter",
-        &filter,
-        "--filter",
-        "status=running",
-    ]);
     let mut states = Vec::new();
-    for id in ids.lines() {
+    for id in &containers(service) {
         if let Ok(state) = try_docker([
             "inspect",
             "--format",
             "{{.State.Health.Status}}{{range .State.Health.Log}} {{.ExitCode}}{{end}}",
-            id,
+            id.as_str(),
         ]) {
             let mut words = state.split(' ');
             let status = words.next().unwrap_or_default().to_owned();
             let failed = words.filter(|code| *code != "0").count() as u32;
-            states.push((id.to_owned(), status, failed));
+            states.push((id.clone(), status, failed));
         }
     }
     states.sort();

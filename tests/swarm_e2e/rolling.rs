@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::load::{Load, Summary};
-use crate::swarm::{docker, enabled, try_docker, wait_for, Custom, Entry, Tutorial};
+use crate::swarm::{containers, docker, enabled, try_docker, wait_for, Custom, Entry, Tutorial};
 
 /// How long the whole update may take: Docker's pace, not limpet's; generous for a busy
 /// two-core machine.
@@ -190,20 +190,4 @@ fn update_under_load(
     let summary = load.stop();
     let after = containers(&setup.whoami);
     (summary, update_took, before, after)
-}
-
-/// The short IDs (whoami's hostnames) of the service's running containers.
-fn containers(service: &str) -> BTreeSet<String> {
-    let filter = format!("label=com.docker.swarm.service.name={service}");
-    docker([
-        "ps",
-        "--quiet",
-        "--filter",
-        &filter,
-        "--filter",
-        "status=running",
-    ])
-    .lines()
-    .map(str::to_owned)
-    .collect()
 }

@@ -16,7 +16,7 @@
 //! gateway, off the machine. So every deployment is routed by a `Host:` rule of its own, which
 //! is longer than, and so takes precedence over, a catch-all such as the demo's `PathPrefix:/`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -868,4 +868,20 @@ impl Drop for Secret {
     fn drop(&mut self) {
         let _ = try_docker(["secret", "rm", &self.name]);
     }
+}
+
+/// The short IDs (whoami's hostnames) of the service's running containers.
+pub fn containers(service: &str) -> BTreeSet<String> {
+    let filter = format!("label=com.docker.swarm.service.name={service}");
+    docker([
+        "ps",
+        "--quiet",
+        "--filter",
+        &filter,
+        "--filter",
+        "status=running",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect()
 }
