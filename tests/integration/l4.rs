@@ -313,16 +313,22 @@ async fn tls_passthrough_routes_by_server_name_without_terminating() {
     assert_eq!(plain.sessions().len(), 3, "{:?}", plain.sessions());
 }
 
-#[tokio::test]
-async fn udp_echo_keeps_each_client_on_one_server() {
-    let a = udp_echo("a").await;
-    let b = udp_echo("b").await;
+/// Two UDP echo servers behind a round-robin `[udp.echo]` route on a free port, with
+/// `extra` settings; the echoes and limpet live as long as the returned values.
+async fn two_udp_echoes_behind_limpet(extra: &str) -> ([Backend; 2], u16, Limpet) {
+    let echoes = [udp_echo("a").await, udp_echo("b").await];
     let port = free_udp_port();
-    let _limpet = limpet(&format!(
-        "[udp.echo]\nfront_port = {port}\nbalance = \"roundrobin\"\nservers = {}\n",
-        servers(&[a.addr, b.addr])
+    let limpet = limpet(&format!(
+        "[udp.echo]\nfront_port = {port}\nbalance = \"roundrobin\"\n{extra}servers = {}\n",
+        servers(&[echoes[0].addr, echoes[1].addr])
     ))
     .await;
+    (echoes, port, limpet)
+}
+
+#[tokio::test]
+async fn udp_echo_keeps_each_client_on_one_server() {
+    let (_echoes, port, _limpet) = two_udp_echoes_behind_limpet("").await;
     let first = udp_client(port).await;
     let reply = udp_ask_until_answered(&first, "hello").await;
     let (server, text) = reply.split_once(':').unwrap();
@@ -348,14 +354,7 @@ async fn udp_echo_keeps_each_client_on_one_server() {
 
 #[tokio::test]
 async fn the_first_datagram_of_every_new_session_is_delivered() {
-    let a = udp_echo("a").await;
-    let b = udp_echo("b").await;
-    let port = free_udp_port();
-    let _limpet = limpet(&format!(
-        "[udp.echo]\nfront_port = {port}\nbalance = \"roundrobin\"\nservers = {}\n",
-        servers(&[a.addr, b.addr])
-    ))
-    .await;
+    let (_echoes, port, _limpet) = two_udp_echoes_behind_limpet("").await;
     // Once limpet listens, no datagram is lost on loopback: each new client's single
     // datagram must be answered, not only a retransmission of it (a DNS or syslog client
     // that sends once from a fresh socket would otherwise never be served).
@@ -374,14 +373,7 @@ async fn the_first_datagram_of_every_new_session_is_delivered() {
 
 #[tokio::test]
 async fn an_idle_udp_session_ends_and_the_next_datagram_opens_another() {
-    let a = udp_echo("a").await;
-    let b = udp_echo("b").await;
-    let port = free_udp_port();
-    let _limpet = limpet(&format!(
-        "[udp.echo]\nfront_port = {port}\nbalance = \"roundrobin\"\nidle_timeout = \"200ms\"\nservers = {}\n",
-        servers(&[a.addr, b.addr])
-    ))
-    .await;
+    let (_echoes, port, _limpet) = two_udp_echoes_behind_limpet("idle_timeout = \"200ms\"\n").await;
     let client = udp_client(port).await;
     let before = udp_ask_until_answered(&client, "x").await;
     // Past the idle timeout and a sweep, the session is gone; round robin moves on.
