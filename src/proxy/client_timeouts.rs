@@ -161,6 +161,10 @@ impl<IO> Watched<IO> {
     pub fn get_ref(&self) -> &IO {
         &self.io
     }
+
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {

@@ -394,7 +394,7 @@ impl Client {
             self.drive(connection.as_mut(), |c| c.graceful_shutdown(), &activity)
                 .await
         } else {
-            let io = Parking::new(io, Arc::clone(&activity));
+            let io = Parking::new(io);
             self.serve_http1(io, service, protocols, &activity).await
         };
         if let Err(Cut::Expired(expiry)) = ended {
@@ -405,7 +405,7 @@ impl Client {
     /// HTTP/1.1, parking the connection whenever it goes idle (see `parking`).
     async fn serve_http1<IO, S>(
         &mut self,
-        mut io: Parking<Watched<IO>>,
+        mut io: Parking<IO>,
         mut service: S,
         protocols: &Protocols,
         activity: &Activity,

@@ -14,7 +14,6 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::client_timeouts::Activity;
+use super::client_timeouts::Watched;
 
 /// How long a connection stays idle, with its buffers, before it is parked. Long enough
 /// that a client sending requests back to back never pays for a new hyper connection;
@@ -32,8 +31,8 @@ pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// A client connection's I/O that can be parked; see the module documentation.
 pub struct Parking<IO> {
-    io: IO,
-    activity: Arc<Activity>,
+    /// The connection's watched I/O, whose activity tells when it is idle.
+    io: Watched<IO>,
     /// Bytes hyper had read but not parsed when the connection was parked; read first.
     leftover: Bytes,
     /// Fires [`PARK_AFTER`] into an idle period; boxed because hyper wants `Unpin` I/O.
@@ -47,10 +46,9 @@ pub struct Parking<IO> {
 }
 
 impl<IO> Parking<IO> {
-    pub fn new(io: IO, activity: Arc<Activity>) -> Self {
+    pub fn new(io: Watched<IO>) -> Self {
         Self {
             io,
-            activity,
             leftover: Bytes::new(),
             timer: None,
             armed: false,
@@ -84,7 +82,7 @@ impl<IO> Parking<IO> {
 
     /// Whether a read that found nothing should count towards parking.
     fn idle(&self) -> bool {
-        !self.unflushed && self.activity.is_idle()
+        !self.unflushed && self.io.activity().is_idle()
     }
 
     /// Polls the park timer of the current idle period, arming it if needed.
@@ -127,7 +125,7 @@ impl ReadReady for tokio_rustls::server::TlsStream<TcpStream> {
 impl<IO: ReadReady> Parking<IO> {
     /// Resolves when the client has sent something (or closed, or failed).
     pub async fn readable(&self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.io.poll_read_ready(cx)).await
+        std::future::poll_fn(|cx| self.io.get_ref().poll_read_ready(cx)).await
     }
 }
 
@@ -202,7 +200,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parking<IO> {
             // The response is out. hyper read (and found nothing) before it finished, and
             // will not read again until the client sends something: the timer must be
             // running now, so that its firing brings hyper back to the read that parks.
-            if self.activity.is_idle() {
+            if self.io.activity().is_idle() {
                 let _ = self.poll_park(cx);
             }
         }
@@ -215,11 +213,5 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parking<IO> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-impl<IO: ReadReady> ReadReady for super::client_timeouts::Watched<IO> {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_ref().poll_read_ready(cx)
     }
 }
