@@ -289,17 +289,20 @@ fn sigterm_stops_limpet_cleanly_from_the_moment_it_listens() {
     }
 }
 
-/// Field 19 of /proc/<pid>/task/<tid>/stat: the thread's niceness.
-fn niceness(stat: &str) -> i32 {
+/// Field `n` (counted from 1, as proc(5) does) of /proc/<pid>/task/<tid>/stat.
+fn stat_field(stat: &str, n: usize) -> i64 {
     // The command name (field 2) may hold spaces; count from after its closing parenthesis.
     let after = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
     after
         .split(' ')
-        .nth(16)
-        .expect("field 19")
+        .nth(n - 3)
+        .unwrap_or_else(|| panic!("field {n}"))
         .parse()
         .expect("a number")
 }
+
+/// Linux's `SCHED_IDLE`, as field 41 (the policy) of a thread's stat shows it.
+const SCHED_IDLE: i64 = 5;
 
 #[test]
 fn the_providers_run_on_their_own_thread_below_the_workers_priority() {
@@ -325,24 +328,31 @@ fn the_providers_run_on_their_own_thread_below_the_workers_priority() {
         let dir = task.expect("task entry").path();
         let comm = std::fs::read_to_string(dir.join("comm")).expect("comm");
         let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
-        threads.push((comm.trim().to_owned(), niceness(&stat)));
+        threads.push((
+            comm.trim().to_owned(),
+            stat_field(&stat, 19),
+            stat_field(&stat, 41),
+        ));
     }
     let control: Vec<_> = threads
         .iter()
-        .filter(|(name, _)| name == limpet::discovery::THREAD_NAME)
+        .filter(|(name, ..)| name == limpet::discovery::THREAD_NAME)
         .collect();
     assert!(!control.is_empty(), "threads: {threads:?}");
     let workers: Vec<_> = threads
         .iter()
-        .filter(|(name, _)| name.starts_with("tokio-rt-worker"))
+        .filter(|(name, ..)| name.starts_with("tokio-rt-worker"))
         .collect();
     assert!(!workers.is_empty(), "threads: {threads:?}");
     let worker_nice = workers[0].1;
     assert!(
-        workers.iter().all(|(_, nice)| *nice == worker_nice),
+        workers
+            .iter()
+            .all(|(_, nice, policy)| *nice == worker_nice && *policy != SCHED_IDLE),
         "threads: {threads:?}"
     );
-    for (_, nice) in &control {
+    for (_, nice, policy) in &control {
         assert_eq!(*nice, (worker_nice + 10).min(19), "threads: {threads:?}");
+        assert_eq!(*policy, SCHED_IDLE, "threads: {threads:?}");
     }
 }
