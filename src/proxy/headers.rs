@@ -31,10 +31,28 @@ impl ClientConn {
     }
 }
 
-/// How many names [`HOP_BY_HOP`] holds.
-const HOPS: usize = 7;
+/// Which hop-by-hop header (RFC 9110 §7.6.1) a name is, if any: an index into the names
+/// removed by [`strip_hop_by_hop`]. Matched on the name's text, which for the common headers
+/// is a table lookup: comparing each name with each of eight `HeaderName`s cost more than the
+/// rest of the response's header handling.
+fn hop_by_hop(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "te" => 4,
+        "trailer" => 5,
+        "transfer-encoding" => 6,
+        "upgrade" => 7,
+        _ => return None,
+    })
+}
 
-/// Headers that describe one connection and must not be forwarded.
+/// How many names [`hop_by_hop`] knows.
+const HOPS: usize = 8;
+
+/// The names [`hop_by_hop`] knows, in its order.
 const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -43,27 +61,25 @@ const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them, or only `Connection`: one pass over the names
     // present finds which to remove, cheaper than removing each of the eight by hash.
-    let mut present = [false; HOPS + 1];
+    let mut present = [false; HOPS];
     let mut any = false;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop(name) {
             present[i] = true;
-            any = true;
-        } else if name == header::UPGRADE {
-            present[HOPS] = true;
             any = true;
         }
     }
     if !any {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present[0] {
         // Names listed in Connection are rare; only collected when it carries more than
         // the usual keep-alive/close token.
         let listed: Vec<HeaderName> = headers
@@ -81,9 +97,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
-    }
-    if present[HOPS] {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -188,6 +201,15 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_is_known_by_its_index() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop(&header::HOST), None);
+        assert_eq!(hop_by_hop(&HeaderName::from_static("x-te")), None);
     }
 
     #[test]
