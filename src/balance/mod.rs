@@ -27,6 +27,14 @@ pub enum Method {
     P2cEwma,
 }
 
+impl Method {
+    /// Whether picks depend on the servers' response times, which are then worth measuring:
+    /// two clock reads and an exponential per request.
+    pub fn uses_latency(self) -> bool {
+        self == Method::P2cEwma
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("unknown balancing method `{0}` (supported: roundrobin, wrr, leastconn, p2c, and Traefik's drr)")]
 pub struct UnknownMethod(pub String);
