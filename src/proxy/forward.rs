@@ -8,7 +8,12 @@
 //! more. A retry never goes to a server that already failed this request.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::{self, FutureExt};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -18,7 +23,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
-use tokio::time::error::Elapsed;
+use tokio::time::{Instant, Sleep};
 
 use super::body::{ReclaimBody, TrackedBody};
 use super::budget::{BodyError, Metered};
@@ -34,28 +39,28 @@ use crate::table::spec::BackendProtocol;
 use crate::table::state::InflightGuard;
 use crate::table::{CookieVerdict, Fallback, Readiness, Service, SessionKey, Table};
 
-pub async fn handle(proxy: &Proxy, req: Request<Incoming>, conn: ClientConn) -> Response<Body> {
-    if let (false, Some(port)) = (conn.tls, proxy.settings.redirect_to_https) {
-        return redirect_to_https(&req, port);
-    }
-    let grpc = grpc::is_grpc(req.headers());
-    match forward(proxy, req, conn, grpc).await {
-        Ok(response) => response,
-        Err(e) if grpc => e.into_grpc_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// 308 rather than 301, so that a POST stays a POST on the way to HTTPS.
-/// [`handle`] for a caller that cannot lend the proxy for the request's lifetime.
-pub async fn handle_owned(
+/// Answers one request. A plain function rather than an `async fn`: each async layer would
+/// keep its own copy of the request in a future that is allocated and moved for every
+/// request, and this one adds nothing that has to live across an await.
+pub fn handle(
     proxy: Arc<Proxy>,
     req: Request<Incoming>,
     conn: ClientConn,
-) -> Response<Body> {
-    handle(&proxy, req, conn).await
+) -> impl Future<Output = Response<Body>> + Send {
+    if let (false, Some(port)) = (conn.tls, proxy.settings.redirect_to_https) {
+        return future::Either::Left(future::ready(redirect_to_https(&req, port)));
+    }
+    let grpc = grpc::is_grpc(req.headers());
+    future::Either::Right(
+        forward(proxy, req, conn, grpc).map(move |result| match result {
+            Ok(response) => response,
+            Err(e) if grpc => e.into_grpc_response(),
+            Err(e) => e.into_response(),
+        }),
+    )
 }
 
+/// 308 rather than 301, so that a POST stays a POST on the way to HTTPS.
 fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<Body> {
     let host = req
         .headers()
@@ -105,13 +110,14 @@ enum Outcome {
 }
 
 async fn forward(
-    proxy: &Proxy,
+    proxy: Arc<Proxy>,
     mut req: Request<Incoming>,
     conn: ClientConn,
     grpc: bool,
 ) -> Result<Response<Body>, ProxyError> {
     // One load per request; the Arc keeps this table alive across the await points even if
     // the control plane swaps in a new one meanwhile.
+    let proxy = &*proxy;
     let table: Arc<Table> = proxy.table.load_full();
     if table.readiness == Readiness::Loading {
         return Err(ProxyError::NotReady);
@@ -233,7 +239,11 @@ async fn forward(
     loop {
         let server = &service.servers[choice.server];
         let guard = admit(service, choice.server).await?;
-        let started = std::time::Instant::now();
+        let started = service
+            .balancer
+            .method()
+            .uses_latency()
+            .then(std::time::Instant::now);
         let outcome = 'attempt: {
             let conn = if http1 {
                 let pool = ServerPool::of(&server.state, &server.authority);
@@ -351,7 +361,9 @@ async fn forward(
             }
         } else {
             server.state.record_success();
-            server.state.record_latency(started.elapsed());
+            if let Some(started) = started {
+                server.state.record_latency(started.elapsed());
+            }
         }
 
         let may_retry = retries_possible
@@ -470,24 +482,61 @@ fn upstream_body(
 /// A request body before it is sent: metered, reclaimable, or nothing at all.
 type Prepared = Either<Metered<ReclaimBody>, Empty<bytes::Bytes>>;
 
-/// Waits for the response headers. The response-header timeout starts once the request
-/// body has been sent: a client uploading for longer than the timeout is not the backend
-/// being slow (Go's `ResponseHeaderTimeout`, which Traefik uses, counts the same way). A
-/// backend may answer before the upload ends (a 413, say); that answer is taken at once.
-async fn wait_for_headers<T, E>(
-    timeout: std::time::Duration,
-    sending: impl Future<Output = Result<T, E>>,
+pin_project_lite::pin_project! {
+    /// Waits for the response headers. The response-header timeout starts once the request
+    /// body has been sent: a client uploading for longer than the timeout is not the backend
+    /// being slow (Go's `ResponseHeaderTimeout`, which Traefik uses, counts the same way). A
+    /// backend may answer before the upload ends (a 413, say); that answer is taken at once.
+    ///
+    /// Written out rather than as an `async fn` with `select!` and `timeout`: that kept two
+    /// copies of the sending future and two timers, and this future is part of every
+    /// request's.
+    struct HeaderWait<F> {
+        #[pin]
+        sending: F,
+        // Resolves when the request body has been sent; the clock starts then.
+        body_sent: Option<oneshot::Receiver<()>>,
+        timeout: Duration,
+        #[pin]
+        deadline: Sleep,
+    }
+}
+
+/// The backend sent no response headers within the timeout.
+struct TimedOut;
+
+fn wait_for_headers<F: Future>(
+    timeout: Duration,
+    sending: F,
     body_sent: Option<oneshot::Receiver<()>>,
-) -> Result<Result<T, E>, Elapsed> {
-    // Pinned once for both cases, so that the future holds one copy of `sending`.
-    tokio::pin!(sending);
-    let Some(sent) = body_sent else {
-        return tokio::time::timeout(timeout, sending).await;
-    };
-    tokio::select! {
-        biased;
-        answered = &mut sending => Ok(answered),
-        _ = sent => tokio::time::timeout(timeout, sending).await,
+) -> HeaderWait<F> {
+    HeaderWait {
+        sending,
+        body_sent,
+        timeout,
+        // Not registered with the timer until first polled, and reset once a body is sent.
+        deadline: tokio::time::sleep(timeout),
+    }
+}
+
+impl<F: Future> Future for HeaderWait<F> {
+    type Output = Result<F::Output, TimedOut>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(answered) = this.sending.poll(cx) {
+            return Poll::Ready(Ok(answered));
+        }
+        if let Some(sent) = this.body_sent {
+            // A dropped sender (the body failed) counts as sent: the clock runs either way.
+            if Pin::new(sent).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            *this.body_sent = None;
+            let deadline = Instant::now() + *this.timeout;
+            this.deadline.as_mut().reset(deadline);
+        }
+        this.deadline.poll(cx).map(|()| Err(TimedOut))
     }
 }
 

@@ -377,9 +377,9 @@ impl Client {
             service_fn(move |req| {
                 let in_flight = activity.request();
                 // Boxed: hyper moves the service future into its connection state, and the
-                // forwarding future is several KiB. Boxing also makes it `Unpin`, which
+                // forwarding future is about 3 KiB. Boxing also makes it `Unpin`, which
                 // taking a parked connection apart needs.
-                Box::pin(forward::handle_owned(Arc::clone(&proxy), req, conn.clone())).map(
+                Box::pin(forward::handle(Arc::clone(&proxy), req, conn.clone())).map(
                     move |response| {
                         Ok::<_, Infallible>(response.map(|body| Held::new(body, in_flight)))
                     },

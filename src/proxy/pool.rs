@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::future::{self, FutureExt};
 use http::uri::{Authority, Uri};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -297,26 +298,27 @@ pub fn send<'a>(
     req: Request<UpstreamBody>,
     replay: Replay<'a>,
 ) -> impl Future<Output = Result<(Response<Incoming>, Pooled), SendError>> + 'a {
-    // Not an `async fn`: its future would keep `req` and `conn` besides hyper's future, into
-    // which they are moved, and every request's future would be larger by that.
+    // Not an `async fn` nor an async block: either would keep hyper's future twice, once as
+    // captured and once as awaited, and every request's future would be larger by that.
     let uri = replay.map(|_| req.uri().clone());
     let Conn { mut send, reused } = conn;
     let sending = send.try_send_request(req);
-    async move {
-        match sending.await {
-            Ok(response) => Ok((response, Pooled::new(send, pool, authority, settings))),
-            // Boxed: rare, and every request's future would otherwise carry its state.
-            Err(failed) => {
-                let lost = Lost {
-                    send,
-                    reused,
-                    failed,
-                    uri,
-                };
-                Box::pin(recover(pool, authority, settings, lost, replay)).await
-            }
+    sending.then(move |result| match result {
+        Ok(response) => future::Either::Left(future::ready(Ok((
+            response,
+            Pooled::new(send, pool, authority, settings),
+        )))),
+        // Boxed: rare, and every request's future would otherwise carry its state.
+        Err(failed) => {
+            let lost = Lost {
+                send,
+                reused,
+                failed,
+                uri,
+            };
+            future::Either::Right(Box::pin(recover(pool, authority, settings, lost, replay)))
         }
-    }
+    })
 }
 
 /// What is left of an exchange that failed.
