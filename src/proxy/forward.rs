@@ -29,7 +29,9 @@ use super::body::{ReclaimBody, TrackedBody};
 use super::budget::{BodyError, Metered};
 use super::error::{ProxyError, UpstreamError};
 use super::grpc;
-use super::headers::{add_forwarded, host_without_port, strip_hop_by_hop, ClientConn};
+use super::headers::{
+    add_forwarded, host_without_port, strip_hop_by_hop, ClientConn, X_FORWARDED_PREFIX,
+};
 use super::pool::{self, Pooled, ServerPool};
 use super::upload::Upload;
 use super::{Body, Proxy};
@@ -189,7 +191,8 @@ async fn forward(
     let mut choice = choice;
     let on_fallback = !std::ptr::eq(service, primary);
 
-    let path_and_query = rewrite_path(&router.rule.rewrite, service, &parts.uri)?;
+    let (path_and_query, stripped_prefix) =
+        rewrite_path(&router.rule.rewrite, service, &parts.uri)?;
     // gRPC needs `te: trailers` end to end; any other TE value is hop-by-hop.
     let te_trailers = parts
         .headers
@@ -212,6 +215,12 @@ async fn forward(
         parts.headers.insert(header::UPGRADE, protocol.clone());
     }
     add_forwarded(&mut parts.headers, &conn, host_header.as_ref());
+    // As Traefik's strip-prefix does, so that a backend can build links under the public
+    // path. A client's own value passes on when nothing was stripped here: an outer proxy
+    // may have stripped it.
+    if let Some(prefix) = stripped_prefix {
+        parts.headers.insert(&X_FORWARDED_PREFIX, prefix);
+    }
 
     let header_timeout = deadline
         .or(service.response_header_timeout)
@@ -631,26 +640,44 @@ fn choose(service: &Service, headers: &HeaderMap) -> (Option<Choice>, Option<Ses
     (choice, stale)
 }
 
+/// The path and query to send, and the `X-Forwarded-Prefix` to send with them when a
+/// prefix was stripped: the router's, then the service's, as one path.
 fn rewrite_path(
     rule_rewrite: &crate::table::rule::PathRewrite,
     service: &Service,
     uri: &Uri,
-) -> Result<PathAndQuery, ProxyError> {
+) -> Result<(PathAndQuery, Option<HeaderValue>), ProxyError> {
     let original = uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let by_rule = rule_rewrite.apply(original.path());
-    let by_service = service.rewrite_path(by_rule.as_deref().unwrap_or(original.path()));
-    let Some(path) = by_service.or(by_rule) else {
-        return Ok(original);
+    let rule_path = by_rule.as_ref().map_or(original.path(), |(path, _)| path);
+    let by_service = service.rewrite_path(rule_path);
+    let rule_prefix = by_rule.as_ref().map(|(_, prefix)| *prefix);
+    let service_prefix = by_service.as_ref().and_then(|(_, prefix)| *prefix);
+    let Some(path) = by_service
+        .map(|(path, _)| path)
+        .or(by_rule.map(|(path, _)| path))
+    else {
+        return Ok((original, None));
+    };
+    let prefix = match (rule_prefix, service_prefix) {
+        (Some(first), Some(then)) => Some(format!("{}{then}", first.trim_end_matches('/'))),
+        (Some(only), None) | (None, Some(only)) => Some(only.to_owned()),
+        (None, None) => None,
     };
     let text = match original.query() {
         Some(q) => format!("{path}?{q}"),
         None => path,
     };
-    text.parse()
-        .map_err(|_| ProxyError::BadRequest("rewritten path is not valid"))
+    let path_and_query = text
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("rewritten path is not valid"))?;
+    // Prefixes come from the configuration, where they are paths; one that is not a valid
+    // header value is left out rather than failing the request.
+    let prefix = prefix.and_then(|p| HeaderValue::from_str(&p).ok());
+    Ok((path_and_query, prefix))
 }
 
 /// Takes the client's upgrade handle when the request asks to switch protocols; the

@@ -105,6 +105,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// The path prefix a router or service stripped (see `forward`).
+pub static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
 /// Adds the forwarded headers. `X-Forwarded-For` is appended to, as nginx's
 /// `$proxy_add_x_forwarded_for` does; the others describe this hop and are overwritten, so a

@@ -480,10 +480,14 @@ mod tests {
         s.options.base_path = Some("/v1".into());
         let t = build_once(&[s], &StickyGlobals::default());
         let svc = &t.services[0];
-        assert_eq!(svc.rewrite_path("/api/users").as_deref(), Some("/v1/users"));
-        assert_eq!(svc.rewrite_path("/api").as_deref(), Some("/v1/"));
-        assert_eq!(svc.rewrite_path("/apiary").as_deref(), Some("/v1/apiary"));
-        assert_eq!(svc.rewrite_path("/other").as_deref(), Some("/v1/other"));
+        let rewrite = |path| svc.rewrite_path(path);
+        assert_eq!(
+            rewrite("/api/users"),
+            Some(("/v1/users".into(), Some("/api")))
+        );
+        assert_eq!(rewrite("/api"), Some(("/v1/".into(), Some("/api"))));
+        assert_eq!(rewrite("/apiary"), Some(("/v1/apiary".into(), None)));
+        assert_eq!(rewrite("/other"), Some(("/v1/other".into(), None)));
         let plain = build_once(
             &[spec("p", "PathPrefix:/", 0, &[8000])],
             &StickyGlobals::default(),

@@ -247,27 +247,33 @@ impl Service {
             .map(|(i, _)| i)
     }
 
-    /// The path to send: prefixes stripped, then the base path prepended. `None` when the
-    /// path is unchanged, so the common case copies nothing.
-    pub fn rewrite_path(&self, path: &str) -> Option<String> {
+    /// The path to send: a prefix stripped, then the base path prepended; with the prefix
+    /// stripped, if any. `None` when the path is unchanged, so the common case copies
+    /// nothing.
+    pub fn rewrite_path(&self, path: &str) -> Option<(String, Option<&str>)> {
         let stripped = self.strip_prefixes.iter().find_map(|p| {
             path.strip_prefix(&**p)
                 .filter(|rest| rest.is_empty() || rest.starts_with('/') || p.ends_with('/'))
+                .map(|rest| (rest, &**p))
         });
         if stripped.is_none() && self.base_path.is_none() {
             return None;
         }
-        let rest = stripped.unwrap_or(path);
+        let (rest, prefix) = match stripped {
+            Some((rest, prefix)) => (rest, Some(prefix)),
+            None => (path, None),
+        };
         let rest = if rest.starts_with('/') {
             rest.to_owned()
         } else {
             format!("/{rest}")
         };
-        Some(match &self.base_path {
+        let path = match &self.base_path {
             Some(base) if rest == "/" => format!("{base}/"),
             Some(base) => format!("{base}{rest}"),
             None => rest,
-        })
+        };
+        Some((path, prefix))
     }
 
     /// Records a failed attempt on `server` and says whether it left rotation because of it.

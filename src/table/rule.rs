@@ -328,17 +328,21 @@ impl Rule {
 }
 
 impl PathRewrite {
-    /// The path to forward; `None` when nothing changes, so the common case copies nothing.
-    pub fn apply(&self, path: &str) -> Option<String> {
+    /// The path to forward and the prefix taken off it (for `X-Forwarded-Prefix`); `None`
+    /// when nothing changes, so the common case copies nothing.
+    pub fn apply<'r>(&'r self, path: &str) -> Option<(String, &'r str)> {
         match self {
             PathRewrite::Keep => None,
             PathRewrite::StripPrefix(prefixes) => {
-                let rest = prefixes.iter().find_map(|p| path.strip_prefix(&**p))?;
-                Some(if rest.starts_with('/') {
+                let (rest, prefix) = prefixes
+                    .iter()
+                    .find_map(|p| Some((path.strip_prefix(&**p)?, &**p)))?;
+                let rest = if rest.starts_with('/') {
                     rest.to_owned()
                 } else {
                     format!("/{rest}")
-                })
+                };
+                Some((rest, prefix))
             }
         }
     }
@@ -402,9 +406,10 @@ mod tests {
     #[test]
     fn strip_prefix_removes_longest_match() {
         let r = parse_v1("PathPrefixStrip:/api,/api/v2").unwrap();
-        assert_eq!(r.rewrite.apply("/api/v2/users").as_deref(), Some("/users"));
-        assert_eq!(r.rewrite.apply("/api/users").as_deref(), Some("/users"));
-        assert_eq!(r.rewrite.apply("/api").as_deref(), Some("/"));
+        let apply = |path| r.rewrite.apply(path);
+        assert_eq!(apply("/api/v2/users"), Some(("/users".into(), "/api/v2")));
+        assert_eq!(apply("/api/users"), Some(("/users".into(), "/api")));
+        assert_eq!(apply("/api"), Some(("/".into(), "/api")));
         assert_eq!(parse_v1("PathPrefix:/").unwrap().rewrite.apply("/x"), None);
     }
 

@@ -173,10 +173,35 @@ async fn path_prefix_strip_forwards_the_rest_of_the_path() {
     ] {
         let reply = limpet.get(sent).await;
         assert_eq!(reply.backend(), "stripped", "{sent}");
-        assert_eq!(stripped.last_request().target, forwarded, "{sent}");
+        let seen = stripped.last_request();
+        assert_eq!(seen.target, forwarded, "{sent}");
+        // As Traefik's strip-prefix does, so that the backend can build public links.
+        assert_eq!(seen.header("x-forwarded-prefix"), Some("/api"), "{sent}");
     }
+    // What limpet stripped replaces whatever the client claimed.
+    limpet
+        .send(Req::get("/api/x").header("x-forwarded-prefix", "/evil"))
+        .await;
+    assert_eq!(
+        stripped.last_request().header("x-forwarded-prefix"),
+        Some("/api")
+    );
     limpet.get("/keep/this?x=1").await;
-    assert_eq!(kept.last_request().target, "/keep/this?x=1");
+    let seen = kept.last_request();
+    assert_eq!(seen.target, "/keep/this?x=1");
+    assert_eq!(
+        seen.header("x-forwarded-prefix"),
+        None,
+        "nothing was stripped"
+    );
+    // Nothing stripped here: an outer proxy's prefix passes on.
+    limpet
+        .send(Req::get("/keep/x").header("x-forwarded-prefix", "/outer"))
+        .await;
+    assert_eq!(
+        kept.last_request().header("x-forwarded-prefix"),
+        Some("/outer")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

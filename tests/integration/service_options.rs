@@ -60,6 +60,46 @@ servers = {}
     ] {
         assert_eq!(forwarded(&l, backend, sent).await, received, "{sent}");
     }
+    // The prefix a service's strip_prefix took off reaches the backend, as a router's does.
+    for (backend, sent, prefix) in [
+        (&based, "/users", None),
+        (&stripped, "/api/users", Some("/api")),
+        (&both, "/both/users", Some("/both")),
+        (&v1, "/legacy/users", Some("/legacy")),
+    ] {
+        forwarded(&l, backend, sent).await;
+        let seen = backend.traffic().last().unwrap().clone();
+        assert_eq!(
+            seen.headers
+                .get("x-forwarded-prefix")
+                .map(|v| v.to_str().unwrap()),
+            prefix,
+            "{sent}"
+        );
+    }
+}
+
+/// A router that strips a prefix in front of a service that strips another: the backend is
+/// told both, as the one path they make.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_stripped_by_router_and_service_are_forwarded_as_one() {
+    let backend = Backend::start("app").await;
+    let toml = format!(
+        r#"
+[services.app]
+rule = "PathPrefixStrip:/app/"
+strip_prefix = ["/v1"]
+servers = {}
+"#,
+        servers(&[(&backend, "")])
+    );
+    let l = Limpet::start(&toml).await;
+    assert_eq!(
+        forwarded(&l, &backend, "/app/v1/users?x=1").await,
+        "/users?x=1"
+    );
+    let seen = backend.traffic().last().unwrap().clone();
+    assert_eq!(seen.headers["x-forwarded-prefix"], "/app/v1");
 }
 
 /// A good file for `api`, to which `bad` adds one contradictory setting.
