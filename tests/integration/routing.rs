@@ -178,30 +178,19 @@ async fn path_prefix_strip_forwards_the_rest_of_the_path() {
         // As Traefik's strip-prefix does, so that the backend can build public links.
         assert_eq!(seen.header("x-forwarded-prefix"), Some("/api"), "{sent}");
     }
-    // What limpet stripped replaces whatever the client claimed.
-    limpet
-        .send(Req::get("/api/x").header("x-forwarded-prefix", "/evil"))
-        .await;
-    assert_eq!(
-        stripped.last_request().header("x-forwarded-prefix"),
-        Some("/api")
-    );
     limpet.get("/keep/this?x=1").await;
     let seen = kept.last_request();
     assert_eq!(seen.target, "/keep/this?x=1");
-    assert_eq!(
-        seen.header("x-forwarded-prefix"),
-        None,
-        "nothing was stripped"
-    );
-    // Nothing stripped here: an outer proxy's prefix passes on.
-    limpet
-        .send(Req::get("/keep/x").header("x-forwarded-prefix", "/outer"))
-        .await;
-    assert_eq!(
-        kept.last_request().header("x-forwarded-prefix"),
-        Some("/outer")
-    );
+    assert_eq!(seen.header("x-forwarded-prefix"), None, "nothing stripped");
+    // A client's (or an outer proxy's) prefix is replaced by what limpet stripped, and
+    // passes on where limpet strips nothing.
+    for (sent, backend, prefix) in [("/api/x", &stripped, "/api"), ("/keep/x", &kept, "/outer")] {
+        limpet
+            .send(Req::get(sent).header("x-forwarded-prefix", "/outer"))
+            .await;
+        let seen = backend.last_request();
+        assert_eq!(seen.header("x-forwarded-prefix"), Some(prefix), "{sent}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
