@@ -7,7 +7,10 @@ between page loads. Once every connection has its response the script prints one
 `READY {json}`, and sleeps until it is terminated; the caller reads the proxy's RSS
 meanwhile.
 
-    idle_clients.py --port 19200 --count 10000 [--path /100b] [--concurrency 200]
+    idle_clients.py --port 19200 --count 10000 [--path /100b] [--concurrency 200] [--tls]
+
+With --tls the connections speak TLS (HTTP/1.1 by ALPN, the certificate not checked: the
+point is the proxy's memory per idle TLS connection, not its identity).
 
 Standard library only. Loopback only: the address is fixed to 127.0.0.1.
 """
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import json
 import resource
+import ssl
 import sys
 import time
 
@@ -44,10 +48,11 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def open_one(port: int, request: bytes, gate: asyncio.Semaphore, keep: list, stats: dict):
+async def open_one(port: int, request: bytes, gate: asyncio.Semaphore, keep: list, stats: dict,
+                   tls):
     async with gate:
         try:
-            reader, writer = await asyncio.open_connection(HOST, port)
+            reader, writer = await asyncio.open_connection(HOST, port, ssl=tls)
             writer.write(request)
             await writer.drain()
             status = await asyncio.wait_for(read_response(reader), timeout=30)
@@ -69,7 +74,15 @@ async def main() -> None:
     p.add_argument("--concurrency", type=int, default=200,
                    help="connections being opened at once (keeps backend pools small)")
     p.add_argument("--hold", type=float, default=600, help="seconds to stay connected at most")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (certificate not checked)")
     args = p.parse_args()
+
+    tls = None
+    if args.tls:
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        tls.set_alpn_protocols(["http/1.1"])
 
     raise_fd_limit(args.count + 100)
     request = (f"GET {args.path} HTTP/1.1\r\nHost: {HOST}:{args.port}\r\n"
@@ -78,7 +91,7 @@ async def main() -> None:
     keep: list = []
     stats = {"ok": 0, "failed": 0, "bad_status": 0}
     started = time.monotonic()
-    await asyncio.gather(*(open_one(args.port, request, gate, keep, stats)
+    await asyncio.gather(*(open_one(args.port, request, gate, keep, stats, tls)
                            for _ in range(args.count)))
     stats["seconds"] = round(time.monotonic() - started, 2)
     print("READY " + json.dumps(stats), flush=True)
