@@ -117,9 +117,9 @@ async fn forward(
     conn: ClientConn,
     grpc: bool,
 ) -> Result<Response<Body>, ProxyError> {
+    let proxy = &*proxy;
     // One load per request; the Arc keeps this table alive across the await points even if
     // the control plane swaps in a new one meanwhile.
-    let proxy = &*proxy;
     let table: Arc<Table> = proxy.table.load_full();
     if table.readiness == Readiness::Loading {
         return Err(ProxyError::NotReady);
