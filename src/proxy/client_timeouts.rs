@@ -50,10 +50,7 @@ impl Activity {
 
     /// Bytes arrived. Between requests on HTTP/1, they begin the next head.
     pub fn read(&self) {
-        if self.http1
-            && self.in_flight.load(Ordering::Acquire) == 0
-            && self.head_since.load(Ordering::Acquire) == 0
-        {
+        if self.http1 && self.is_idle() {
             self.head_since.store(self.now() + 1, Ordering::Release);
         }
     }

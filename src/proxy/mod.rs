@@ -11,6 +11,7 @@
 //! - `client_timeouts`: closing client connections slow over a request head, or idle.
 //! - `clients`: the client pools towards backends, per protocol.
 //! - `multiplex`: the HTTP/2 client, one shared connection per backend.
+//! - `batching`: writes that wait for the worker's other ready tasks, so they leave in bursts.
 //! - `parking`: idle HTTP/1.1 client connections without buffers.
 //! - `pool`: limpet's own pool of HTTP/1.1 connections to plain-HTTP backends.
 //! - `error`: every failure, and the one place that maps failures to responses.
@@ -37,10 +38,9 @@ pub use pool::{ConnectError, SendError};
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::FutureExt;

@@ -85,6 +85,14 @@ impl<IO> Parking<IO> {
         !self.unflushed && self.io.activity().is_idle()
     }
 
+    /// Notes a write that put bytes out: the connection is busy until they are flushed.
+    fn wrote(&mut self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.unflushed = true;
+        }
+        polled
+    }
+
     /// Polls the park timer of the current idle period, arming it if needed.
     fn poll_park(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.armed {
@@ -171,10 +179,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parking<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.unflushed = true;
-        }
-        polled
+        self.wrote(polled)
     }
 
     fn poll_write_vectored(
@@ -183,10 +188,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parking<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.unflushed = true;
-        }
-        polled
+        self.wrote(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -200,7 +202,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parking<IO> {
             // The response is out. hyper read (and found nothing) before it finished, and
             // will not read again until the client sends something: the timer must be
             // running now, so that its firing brings hyper back to the read that parks.
-            if self.io.activity().is_idle() {
+            if self.idle() {
                 let _ = self.poll_park(cx);
             }
         }
