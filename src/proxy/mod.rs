@@ -449,6 +449,11 @@ impl Client {
             };
             io = parts.io.into_inner();
             if !io.is_parked() {
+                // Boxed: only a connection's last moments need its state.
+                tokio::select! {
+                    () = Box::pin(io.linger()) => {}
+                    () = stopped(&mut self.stop) => {}
+                }
                 return Ok(());
             }
             io.unpark(parts.read_buf);

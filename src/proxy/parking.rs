@@ -29,6 +29,10 @@ use super::client_timeouts::Watched;
 /// short enough that a burst of clients that then go quiet does not pile up buffers.
 pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
+/// How long an ended connection keeps reading what its client still sends (see
+/// [`Parking::linger`]); nginx's `lingering_timeout` is 5 s too.
+const LINGER: Duration = Duration::from_secs(5);
+
 /// A client connection's I/O that can be parked; see the module documentation.
 pub struct Parking<IO> {
     /// The connection's watched I/O, whose activity tells when it is idle.
@@ -74,6 +78,27 @@ impl<IO> Parking<IO> {
         } else {
             Bytes::copy_from_slice(&leftover)
         };
+    }
+
+    /// After hyper has ended the connection and sent its shutdown: reads and discards what
+    /// the client still sends, until it closes or [`LINGER`] passes. A client refused while
+    /// uploading (413, 503) is still writing its body; closing a socket with unread bytes
+    /// sends a reset, which can destroy the answer before the client reads it. nginx and
+    /// HAProxy linger the same way.
+    pub async fn linger(&mut self)
+    where
+        IO: AsyncRead + Unpin,
+    {
+        use tokio::io::AsyncReadExt;
+        let mut scrap = vec![0u8; 4096];
+        let deadline = Instant::now() + LINGER;
+        // The watched I/O, not `self`: a pause in the client's upload must not look like
+        // an idle connection to be parked.
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.io.read(&mut scrap)).await {
+            if n == 0 {
+                return;
+            }
+        }
     }
 
     pub fn has_leftover(&self) -> bool {
