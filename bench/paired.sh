@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Paired rounds: limpet and HAProxy alternately under the same wrk load, one worker each,
+# and the ratio limpet/HAProxy of every pair, with their median.
+#
+#   bench/paired.sh [--rounds N] [--duration SECS] [--size 100b|64k|1m]
+#
+# On a VM whose speed drifts, a cell of bench/run.sh can move by 0.3x between runs. A pair
+# measured back to back shares most of the drift, so the median of the pairs' ratios is the
+# steadier figure. It reuses the configuration that bench/run.sh wrote (bench/out/latest/run,
+# or RUN=dir): run that once first, `bench/run.sh --quick` is enough. Same pinning as its
+# 1-worker mode: the proxy on CPU 0, wrk and the backends on CPU 1. Loopback only.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUN=${RUN:-$ROOT/bench/out/latest/run}
+LIMPET=${LIMPET_BIN:-$ROOT/target/release/limpet}
+BASE=${BENCH_PORT_BASE:-19080}
+ROUNDS=8 DURATION=5 SIZE=100b
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) ROUNDS=$2; shift ;;
+        --duration) DURATION=$2; shift ;;
+        --size) SIZE=$2; shift ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        *) echo "paired.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+for f in backend.conf haproxy-1.cfg limpet.toml; do
+    [ -f "$RUN/$f" ] || { echo "paired.sh: $RUN/$f is missing; run bench/run.sh --quick first" >&2; exit 1; }
+done
+[ -x "$LIMPET" ] || { echo "paired.sh: no limpet binary at $LIMPET (cargo build --release)" >&2; exit 1; }
+LIMPET_PORT=$((BASE + 20)) HAPROXY_PORT=$((BASE + 30))
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "paired.sh: nothing listens on port $1" >&2
+    exit 1
+}
+
+taskset -c 1 nginx -p "$RUN" -e "$RUN/backend.err" -c "$RUN/backend.conf" &
+PIDS+=("$!")
+wait_port $((BASE + 1))
+
+# measure NAME: one round of new and pinned sessions; prints "NAME SCENARIO RPS".
+measure() {
+    local name=$1 port pid cookie
+    case "$name" in
+        limpet)
+            taskset -c 0 "$LIMPET" --entrypoint "127.0.0.1:$LIMPET_PORT" \
+                --file.filename "$RUN/limpet.toml" --loglevel ERROR --workers 1 >/dev/null 2>&1 &
+            port=$LIMPET_PORT cookie="limpet=http://127.0.0.1:$((BASE + 1))" ;;
+        haproxy)
+            taskset -c 0 haproxy -db -f "$RUN/haproxy-1.cfg" >/dev/null 2>&1 &
+            port=$HAPROXY_PORT cookie="SRV=s1" ;;
+    esac
+    pid=$!
+    PIDS+=("$pid")
+    wait_port "$port"
+    for scenario in new pinned; do
+        local header=()
+        [ "$scenario" = pinned ] && header=(-H "Cookie: $cookie")
+        taskset -c 1 wrk -t1 -c50 -d1s "${header[@]}" "http://127.0.0.1:$port/$SIZE" >/dev/null
+        local out
+        out=$(taskset -c 1 wrk -t1 -c50 -d"${DURATION}s" "${header[@]}" "http://127.0.0.1:$port/$SIZE")
+        if grep -q "Non-2xx" <<<"$out"; then
+            echo "paired.sh: $name answered errors: $(grep Non-2xx <<<"$out")" >&2
+            exit 1
+        fi
+        echo "$name $scenario $(awk '/Requests\/sec/ {print $2}' <<<"$out")"
+    done
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+}
+
+echo "limpet $(git -C "$ROOT" rev-parse --short HEAD) vs $(haproxy -v | head -1 | cut -d' ' -f1-3); $ROUNDS pairs of ${DURATION}s, /$SIZE, 1 worker"
+results=$(for _ in $(seq 1 "$ROUNDS"); do measure haproxy; measure limpet; done)
+python3 - "$results" <<'EOF'
+import statistics, sys
+rows = [line.split() for line in sys.argv[1].splitlines()]
+for scenario in ("new", "pinned"):
+    rps = {name: [float(r[2]) for r in rows if r[0] == name and r[1] == scenario]
+           for name in ("haproxy", "limpet")}
+    ratios = [l / h for h, l in zip(rps["haproxy"], rps["limpet"])]
+    print(f"{scenario:6}  haproxy rps  " + " ".join(f"{x / 1000:5.1f}k" for x in rps["haproxy"]))
+    print(f"{scenario:6}  limpet rps   " + " ".join(f"{x / 1000:5.1f}k" for x in rps["limpet"]))
+    print(f"{scenario:6}  limpet/haproxy " + " ".join(f"{r:.2f}" for r in ratios)
+          + f"   median {statistics.median(ratios):.2f}")
+EOF
