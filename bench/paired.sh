@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Paired rounds: limpet and HAProxy alternately under the same wrk load, one worker each,
-# and the ratio limpet/HAProxy of every pair, with their median.
+# Paired rounds: limpet and a peer (HAProxy or nginx) alternately under the same wrk load,
+# one worker each, and the ratio limpet/peer of every pair, with their median.
 #
-#   bench/paired.sh [--rounds N] [--duration SECS] [--size 100b|64k|1m]
+#   bench/paired.sh [--peer haproxy|nginx] [--rounds N] [--duration SECS] [--size 100b|64k|1m]
 #
 # On a VM whose speed drifts, a cell of bench/run.sh can move by 0.3x between runs. A pair
 # measured back to back shares most of the drift, so the median of the pairs' ratios is the
@@ -15,9 +15,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUN=${RUN:-$ROOT/bench/out/latest/run}
 LIMPET=${LIMPET_BIN:-$ROOT/target/release/limpet}
 BASE=${BENCH_PORT_BASE:-19080}
-ROUNDS=8 DURATION=5 SIZE=100b
+PEER=haproxy ROUNDS=8 DURATION=5 SIZE=100b
 while [ $# -gt 0 ]; do
     case "$1" in
+        --peer) PEER=$2; shift ;;
         --rounds) ROUNDS=$2; shift ;;
         --duration) DURATION=$2; shift ;;
         --size) SIZE=$2; shift ;;
@@ -26,11 +27,15 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-for f in backend.conf haproxy-1.cfg limpet.toml; do
+case "$PEER" in
+    haproxy|nginx) ;;
+    *) echo "paired.sh: --peer is haproxy or nginx, not '$PEER'" >&2; exit 2 ;;
+esac
+for f in backend.conf haproxy-1.cfg nginx-1.conf limpet.toml; do
     [ -f "$RUN/$f" ] || { echo "paired.sh: $RUN/$f is missing; run bench/run.sh --quick first" >&2; exit 1; }
 done
 [ -x "$LIMPET" ] || { echo "paired.sh: no limpet binary at $LIMPET (cargo build --release)" >&2; exit 1; }
-LIMPET_PORT=$((BASE + 20)) HAPROXY_PORT=$((BASE + 30))
+LIMPET_PORT=$((BASE + 20)) HAPROXY_PORT=$((BASE + 30)) NGINX_PORT=$((BASE + 40))
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -60,6 +65,9 @@ measure() {
         haproxy)
             taskset -c 0 haproxy -db -f "$RUN/haproxy-1.cfg" >/dev/null 2>&1 &
             port=$HAPROXY_PORT cookie="SRV=s1" ;;
+        nginx)
+            taskset -c 0 nginx -p "$RUN" -e "$RUN/nginx-proxy.err" -c "$RUN/nginx-1.conf" >/dev/null 2>&1 &
+            port=$NGINX_PORT cookie="ngx_sid=0123456789abcdef0123456789abcdef" ;;
     esac
     pid=$!
     PIDS+=("$pid")
@@ -80,17 +88,22 @@ measure() {
     wait "$pid" 2>/dev/null || true
 }
 
-echo "limpet $(git -C "$ROOT" rev-parse --short HEAD) vs $(haproxy -v | head -1 | cut -d' ' -f1-3); $ROUNDS pairs of ${DURATION}s, /$SIZE, 1 worker"
-results=$(for _ in $(seq 1 "$ROUNDS"); do measure haproxy; measure limpet; done)
-python3 - "$results" <<'EOF'
+case "$PEER" in
+    haproxy) version=$(haproxy -v | head -1 | cut -d' ' -f1-3) ;;
+    nginx) version=$(nginx -v 2>&1) ;;
+esac
+echo "limpet $(git -C "$ROOT" rev-parse --short HEAD) vs $version; $ROUNDS pairs of ${DURATION}s, /$SIZE, 1 worker"
+results=$(for _ in $(seq 1 "$ROUNDS"); do measure "$PEER"; measure limpet; done)
+python3 - "$PEER" "$results" <<'EOF'
 import statistics, sys
-rows = [line.split() for line in sys.argv[1].splitlines()]
+peer = sys.argv[1]
+rows = [line.split() for line in sys.argv[2].splitlines()]
 for scenario in ("new", "pinned"):
     rps = {name: [float(r[2]) for r in rows if r[0] == name and r[1] == scenario]
-           for name in ("haproxy", "limpet")}
-    ratios = [l / h for h, l in zip(rps["haproxy"], rps["limpet"])]
-    print(f"{scenario:6}  haproxy rps  " + " ".join(f"{x / 1000:5.1f}k" for x in rps["haproxy"]))
-    print(f"{scenario:6}  limpet rps   " + " ".join(f"{x / 1000:5.1f}k" for x in rps["limpet"]))
-    print(f"{scenario:6}  limpet/haproxy " + " ".join(f"{r:.2f}" for r in ratios)
+           for name in (peer, "limpet")}
+    ratios = [l / p for p, l in zip(rps[peer], rps["limpet"])]
+    print(f"{scenario:6}  {peer:7} rps  " + " ".join(f"{x / 1000:5.1f}k" for x in rps[peer]))
+    print(f"{scenario:6}  limpet  rps  " + " ".join(f"{x / 1000:5.1f}k" for x in rps["limpet"]))
+    print(f"{scenario:6}  limpet/{peer} " + " ".join(f"{r:.2f}" for r in ratios)
           + f"   median {statistics.median(ratios):.2f}")
 EOF
