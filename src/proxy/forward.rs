@@ -652,15 +652,14 @@ fn rewrite_path(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let by_rule = rule_rewrite.apply(original.path());
-    let rule_path = by_rule.as_ref().map_or(original.path(), |(path, _)| path);
-    let by_service = service.rewrite_path(rule_path);
-    let rule_prefix = by_rule.as_ref().map(|(_, prefix)| *prefix);
-    let service_prefix = by_service.as_ref().and_then(|(_, prefix)| *prefix);
-    let Some(path) = by_service
-        .map(|(path, _)| path)
-        .or(by_rule.map(|(path, _)| path))
-    else {
-        return Ok((original, None));
+    let (rule_path, rule_prefix) = match &by_rule {
+        Some((path, prefix)) => (path.as_str(), Some(*prefix)),
+        None => (original.path(), None),
+    };
+    let (path, service_prefix) = match (service.rewrite_path(rule_path), by_rule) {
+        (Some((path, prefix)), _) => (path, prefix),
+        (None, Some((path, _))) => (path, None),
+        (None, None) => return Ok((original, None)),
     };
     let prefix = match (rule_prefix, service_prefix) {
         (Some(first), Some(then)) => Some(format!("{}{then}", first.trim_end_matches('/'))),

@@ -263,11 +263,7 @@ impl Service {
             Some((rest, prefix)) => (rest, Some(prefix)),
             None => (path, None),
         };
-        let rest = if rest.starts_with('/') {
-            rest.to_owned()
-        } else {
-            format!("/{rest}")
-        };
+        let rest = rule::rooted(rest);
         let path = match &self.base_path {
             Some(base) if rest == "/" => format!("{base}/"),
             Some(base) => format!("{base}{rest}"),

@@ -337,14 +337,18 @@ impl PathRewrite {
                 let (rest, prefix) = prefixes
                     .iter()
                     .find_map(|p| Some((path.strip_prefix(&**p)?, &**p)))?;
-                let rest = if rest.starts_with('/') {
-                    rest.to_owned()
-                } else {
-                    format!("/{rest}")
-                };
-                Some((rest, prefix))
+                Some((rooted(rest), prefix))
             }
         }
+    }
+}
+
+/// What is left of a path after a prefix came off, as a path again: with its leading `/`.
+pub(super) fn rooted(rest: &str) -> String {
+    if rest.starts_with('/') {
+        rest.to_owned()
+    } else {
+        format!("/{rest}")
     }
 }
 

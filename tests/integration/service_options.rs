@@ -68,7 +68,7 @@ servers = {}
         (&v1, "/legacy/users", Some("/legacy")),
     ] {
         forwarded(&l, backend, sent).await;
-        let seen = backend.traffic().last().unwrap().clone();
+        let seen = backend.traffic().pop().unwrap();
         assert_eq!(
             seen.headers
                 .get("x-forwarded-prefix")
@@ -98,7 +98,7 @@ servers = {}
         forwarded(&l, &backend, "/app/v1/users?x=1").await,
         "/users?x=1"
     );
-    let seen = backend.traffic().last().unwrap().clone();
+    let seen = backend.traffic().pop().unwrap();
     assert_eq!(seen.headers["x-forwarded-prefix"], "/app/v1");
 }
 
