@@ -90,7 +90,8 @@ impl<IO> Parking<IO> {
         IO: AsyncRead + Unpin,
     {
         use tokio::io::AsyncReadExt;
-        let mut scrap = vec![0u8; 4096];
+        // Kept in the future itself, which `Client::serve` boxes: no second allocation.
+        let mut scrap = [0u8; 4096];
         let deadline = Instant::now() + LINGER;
         // The watched I/O, not `self`: a pause in the client's upload must not look like
         // an idle connection to be parked.
