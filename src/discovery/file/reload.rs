@@ -14,6 +14,9 @@ use crate::table::spec::ServiceSpec;
 pub struct Reloader {
     /// Per service name: its text in the last good version, and what it gave.
     known: HashMap<String, Known>,
+    /// The last version's table headers, so that the next version is lexed only where it
+    /// changed.
+    scan: sections::Scan,
 }
 
 #[derive(Debug)]
@@ -38,7 +41,7 @@ impl Reloader {
     /// Parses the services whose text changed and keeps the others; `None` when the file
     /// cannot be split by service or a changed service does not parse on its own.
     fn parse_changed(&mut self, path: &Path, text: &str) -> Option<Vec<Arc<ServiceSpec>>> {
-        let parts = sections::split(text)?;
+        let parts = self.scan.split(text)?;
         // Everything is parsed before anything known is replaced: a bad edit changes nothing.
         let mut fresh: Vec<Option<Known>> = Vec::with_capacity(parts.len());
         for part in &parts {

@@ -7,6 +7,10 @@
 //! own lexer, so that a `[` inside a string or a multi-line array is never taken for one.
 //! Whatever it does not recognise (keys before the first table, `[services]` on its own,
 //! quoted or dotted names, arrays of tables) makes it give up, and the file is parsed whole.
+//!
+//! Lexing is most of what a reload of a large file costs, so [`Scan`] keeps the last text's
+//! headers and lexes a new version only from the last header before its first changed byte
+//! to the first header inside its unchanged end.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -31,17 +35,126 @@ pub(super) struct Part<'t> {
     pub text: Cow<'t, str>,
 }
 
-/// The file split by name, in the order parsing the whole file lists the specs; `None` when
-/// the file has a form the split does not handle.
-pub(super) fn split(text: &str) -> Option<Vec<Part<'_>>> {
-    let headers = headers(text)?;
+/// A table header, by byte offsets into its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Header {
+    kind: Kind,
+    name: Range<usize>,
+    /// Where its `[` is: a place where the lexer is outside any value, at a line's start.
+    start: usize,
+}
+
+impl Header {
+    fn shifted(&self, by: isize) -> Self {
+        let at = |i: usize| i.wrapping_add_signed(by);
+        Self {
+            kind: self.kind,
+            name: at(self.name.start)..at(self.name.end),
+            start: at(self.start),
+        }
+    }
+}
+
+/// The last text split and its headers.
+#[derive(Debug, Default)]
+pub(super) struct Scan {
+    text: String,
+    headers: Vec<Header>,
+}
+
+impl Scan {
+    /// `text` split by name, in the order parsing the whole file lists the specs; `None` when
+    /// the file has a form the split does not handle.
+    pub(super) fn split<'t>(&mut self, text: &'t str) -> Option<Vec<Part<'t>>> {
+        let headers = if self.text.is_empty() {
+            headers(text)
+        } else {
+            self.headers_after_edit(text)
+        };
+        let Some(headers) = headers else {
+            *self = Self::default();
+            return None;
+        };
+        let parts = parts(text, &headers);
+        self.text.clear();
+        self.text.push_str(text);
+        self.headers = headers;
+        Some(parts)
+    }
+
+    /// `text`'s headers, found from the last text's. Where the two texts agree up to a
+    /// header, the lexer was in the same state there in both, so the headers before it stand;
+    /// where they agree from a header to the end, the headers after it stand, moved by the
+    /// difference in length.
+    fn headers_after_edit(&self, text: &str) -> Option<Vec<Header>> {
+        let (old, new) = (self.text.as_bytes(), text.as_bytes());
+        let prefix = common_prefix(old, new);
+        let suffix = common_suffix(old, new);
+        let kept = self.headers.partition_point(|h| h.start <= prefix);
+        let Some(restart) = kept.checked_sub(1).map(|i| self.headers[i].start) else {
+            return headers(text);
+        };
+        let mut found = self.headers[..kept - 1].to_vec();
+        let tail = new.len() - suffix;
+        let shift = new.len() as isize - old.len() as isize;
+        let known_from = |at: usize| {
+            if at < tail {
+                return None;
+            }
+            let old_at = at.wrapping_add_signed(-shift);
+            let i = self
+                .headers
+                .binary_search_by_key(&old_at, |h| h.start)
+                .ok()?;
+            Some(self.headers[i..].iter().map(|h| h.shifted(shift)))
+        };
+        scan(text, restart, &mut found, known_from)?;
+        Some(found)
+    }
+}
+
+/// How many leading bytes `a` and `b` share. Compared a block at a time, as `memcmp` does it
+/// far faster than a byte loop over a file of hundreds of kilobytes.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 256;
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + BLOCK <= n && a[i..i + BLOCK] == b[i..i + BLOCK] {
+        i += BLOCK;
+    }
+    i + a[i..n]
+        .iter()
+        .zip(&b[i..n])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// How many trailing bytes `a` and `b` share.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 256;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[a.len() - n..], &b[b.len() - n..]);
+    let mut i = 0;
+    while i + BLOCK <= n && a[n - i - BLOCK..n - i] == b[n - i - BLOCK..n - i] {
+        i += BLOCK;
+    }
+    i + a[..n - i]
+        .iter()
+        .rev()
+        .zip(b[..n - i].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// The file split at `headers`, its own.
+fn parts<'t>(text: &'t str, headers: &[Header]) -> Vec<Part<'t>> {
     // Each table runs from its header to the next one.
     let mut tables: Vec<(Kind, &str, Range<usize>)> = headers
         .iter()
         .enumerate()
-        .map(|(i, (kind, name, start))| {
-            let end = headers.get(i + 1).map_or(text.len(), |next| next.2);
-            (*kind, *name, *start..end)
+        .map(|(i, h)| {
+            let end = headers.get(i + 1).map_or(text.len(), |next| next.start);
+            (h.kind, &text[h.name.clone()], h.start..end)
         })
         .collect();
     // Stable: a name's tables stay in file order, which TOML's meaning depends on.
@@ -61,14 +174,31 @@ pub(super) fn split(text: &str) -> Option<Vec<Part<'_>>> {
         }
     }
     parts.sort_by_key(|p| (p.first_kind, p.name));
-    Some(parts)
+    parts
 }
 
-/// Every table header's kind, service name and start, in file order.
-fn headers(text: &str) -> Option<Vec<(Kind, &str, usize)>> {
-    let source = Source::new(text);
+/// Every table header of `text`, in file order.
+fn headers(text: &str) -> Option<Vec<Header>> {
+    let mut found = Vec::new();
+    scan(text, 0, &mut found, |_| None::<std::iter::Empty<Header>>)?;
+    Some(found)
+}
+
+/// Lexes `text` from `from` (its start, or a header's), adding the headers it finds to
+/// `found`. For a header at `at`, `known_from(at)` may give the headers from there to the
+/// end, which ends the lexing.
+fn scan<I>(
+    text: &str,
+    from: usize,
+    found: &mut Vec<Header>,
+    mut known_from: impl FnMut(usize) -> Option<I>,
+) -> Option<()>
+where
+    I: Iterator<Item = Header>,
+{
+    let rest = &text[from..];
+    let source = Source::new(rest);
     let mut tokens = source.lex();
-    let mut headers = Vec::new();
     // Open brackets and braces of the value being read: a header is a `[` that starts a
     // line outside any value (a value's own `[` always follows an `=`).
     let mut depth = 0usize;
@@ -83,12 +213,20 @@ fn headers(text: &str) -> Option<Vec<(Kind, &str, usize)>> {
             }
             TokenKind::Whitespace | TokenKind::Comment => continue,
             TokenKind::LeftSquareBracket if depth == 0 && line_start => {
-                let start = token.span().start();
-                let (kind, name) = header(text, &mut tokens)?;
-                headers.push((kind, name, start));
+                let start = from + token.span().start();
+                if let Some(known) = known_from(start) {
+                    found.extend(known);
+                    return Some(());
+                }
+                let (kind, name) = header(rest, &mut tokens)?;
+                found.push(Header {
+                    kind,
+                    name: from + name.start..from + name.end,
+                    start,
+                });
             }
             // Anything else before the first header is a top-level key.
-            _ if headers.is_empty() => return None,
+            _ if found.is_empty() => return None,
             TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => depth += 1,
             TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket => {
                 depth = depth.checked_sub(1)?;
@@ -97,12 +235,13 @@ fn headers(text: &str) -> Option<Vec<(Kind, &str, usize)>> {
         }
         line_start = false;
     }
-    Some(headers)
+    Some(())
 }
 
 /// Reads a header after its `[`, up to and including its `]`: `kind.name` followed by
-/// nothing or by a dotted sub-table (`[services.api.cookie]`).
-fn header<'t>(text: &'t str, tokens: &mut impl Iterator<Item = Token>) -> Option<(Kind, &'t str)> {
+/// nothing or by a dotted sub-table (`[services.api.cookie]`). The name is given by where
+/// it is in `text`.
+fn header(text: &str, tokens: &mut impl Iterator<Item = Token>) -> Option<(Kind, Range<usize>)> {
     let mut keys = tokens.filter(|t| t.kind() != TokenKind::Whitespace);
     let kind = match bare_key(text, keys.next()?)? {
         "services" => Kind::Services,
@@ -113,11 +252,14 @@ fn header<'t>(text: &'t str, tokens: &mut impl Iterator<Item = Token>) -> Option
     if keys.next()?.kind() != TokenKind::Dot {
         return None;
     }
-    let name = bare_key(text, keys.next()?)?;
+    let name = keys.next()?;
+    bare_key(text, name)?;
     // The rest of the header, up to its `]`: further keys of the same service.
     for token in keys {
         match token.kind() {
-            TokenKind::RightSquareBracket => return Some((kind, name)),
+            TokenKind::RightSquareBracket => {
+                return Some((kind, name.span().start()..name.span().end()))
+            }
             TokenKind::Dot
             | TokenKind::Atom
             | TokenKind::BasicString
@@ -142,6 +284,10 @@ fn bare_key(text: &str, token: Token) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn split(text: &str) -> Option<Vec<Part<'_>>> {
+        Scan::default().split(text)
+    }
 
     fn names(text: &str) -> Option<Vec<(&str, Kind)>> {
         split(text).map(|parts| parts.iter().map(|p| (p.name, p.first_kind)).collect())
@@ -189,5 +335,96 @@ mod tests {
         ] {
             assert!(split(text).is_none(), "{text}");
         }
+    }
+
+    fn described(parts: Option<Vec<Part<'_>>>) -> Option<Vec<(String, Kind, String)>> {
+        parts.map(|parts| {
+            parts
+                .iter()
+                .map(|p| (p.name.to_owned(), p.first_kind, p.text.to_string()))
+                .collect()
+        })
+    }
+
+    /// Edits anywhere, of the kinds that move headers in and out of values: every rescan
+    /// must find what lexing the edited text from its start finds.
+    #[test]
+    fn a_rescan_finds_what_a_full_scan_finds() {
+        let base = "[services.a]\nrule = \"Host:a\"\nservers = [\n  { url = \"x\" },\n]\n\
+                    [services.b]\nrule = \"Host:b\"\n[tcp.b]\nfront_port = 1\n\
+                    [services.a.cookie]\nsecure = true\n[udp.c]\nfront_port = 2\n\
+                    [services.d]\nnote = \"\"\"\n[x]\n\"\"\"\n";
+        let inserts = [
+            "[services.e]\n",
+            "\"",
+            "\"\"\"",
+            "[",
+            "]",
+            "\n",
+            "x = 1\n",
+            "'''",
+            "{",
+            "#",
+            "[udp.f]\n",
+        ];
+        let mut rng = fastrand::Rng::with_seed(6);
+        let (mut edits, mut splittable) = (0, 0);
+        for _ in 0..3000 {
+            let mut scan = Scan::default();
+            let mut text = base.to_owned();
+            scan.split(&text).unwrap();
+            for _ in 0..4 {
+                let before = text.clone();
+                let at = rng.usize(..=text.len());
+                let end = (at + rng.usize(1..12)).min(text.len());
+                match rng.u8(..3) {
+                    0 => text.insert_str(at, inserts[rng.usize(..inserts.len())]),
+                    1 => text.replace_range(at..end, ""),
+                    _ => {
+                        let bytes = b"[]\"'{}#\n=.abtcpu";
+                        let by = bytes[rng.usize(..bytes.len())];
+                        text.replace_range(
+                            at..(at + 1).min(text.len()),
+                            &char::from(by).to_string(),
+                        );
+                    }
+                }
+                let full = described(Scan::default().split(&text));
+                assert_eq!(
+                    described(scan.split(&text)),
+                    full,
+                    "after editing {before:?} into {text:?}"
+                );
+                edits += usize::from(before != text);
+                splittable += usize::from(full.is_some());
+            }
+        }
+        // The edits are the point: most must change the text and many keep it splittable.
+        assert!(edits > 10_000 && splittable > 3_000, "{edits} {splittable}");
+    }
+
+    #[test]
+    fn a_rescan_lexes_only_between_the_headers_around_the_edit() {
+        let file: String = (0..100)
+            .map(|i| format!("[services.s{i}]\nrule = \"Host:s{i}\"\n"))
+            .collect();
+        let edited = file.replace("Host:s50\"", "Host:s50-edited\"");
+        let mut scan = Scan::default();
+        scan.split(&file).unwrap();
+        // Unlexable text in both ends of the remembered file, of the same length as what it
+        // replaces: found only if the rescan lexed there.
+        let spoil = |text: &str| {
+            let n = text.len();
+            format!(
+                "{}{}{}",
+                "]\"".repeat(8),
+                &text[16..n - 16],
+                "]\"".repeat(8)
+            )
+        };
+        scan.text = spoil(&file);
+        assert!(headers(&scan.text).is_none());
+        let found = scan.headers_after_edit(&spoil(&edited)).unwrap();
+        assert_eq!(found, headers(&edited).unwrap());
     }
 }
