@@ -49,7 +49,8 @@ struct Built {
     balancer: Arc<Balancer>,
     /// Its routers, pointing at service 0, to clone for each table.
     routers: Box<[Router]>,
-    fallback: Option<OwnFallback>,
+    /// Boxed: rare, and a `Built` is moved several times per service per table.
+    fallback: Option<Box<OwnFallback>>,
 }
 
 /// The one-server service made for a fallback URL.
@@ -89,8 +90,9 @@ impl Builder {
         // What the previous table had and this one does not: let go of only after this
         // table holds its servers, so that a server kept under a changed spec keeps its state.
         let mut gone = Vec::new();
-        let mut routers = Vec::new();
+        let mut routers = Vec::with_capacity(specs.len());
         let mut services: Vec<Service> = Vec::with_capacity(specs.len());
+        self.built.reserve(specs.len());
         for &spec in specs {
             let key = (spec.provider, spec.name.as_str());
             while let Some(left) =
@@ -117,14 +119,7 @@ impl Builder {
         }
         gone.extend(previous);
         resolve_fallbacks(specs, &mut services);
-        // Traefik v1 gives a router without a priority the length of its rule, so that a more
-        // specific rule wins; the name breaks remaining ties so the order never depends on
-        // discovery order.
-        routers.sort_by(|a, b| {
-            effective_priority(b)
-                .cmp(&effective_priority(a))
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        let routers = by_priority(routers);
         let plain: Vec<&ServiceSpec> = specs.iter().map(|s| &***s).collect();
         let (l4, _conflicts) = super::l4::build(&plain, &self.states);
         for built in gone {
@@ -159,11 +154,11 @@ impl Built {
                     options: ServiceOptions::default(),
                     l4: Vec::new(),
                 };
-                Some(OwnFallback {
+                Some(Box::new(OwnFallback {
                     servers: build_servers(&own, None, states),
                     balancer: balancer(&own),
                     spec: own,
-                })
+                }))
             }
             Some(FallbackSpec::Service(_)) | None => None,
         };
@@ -242,6 +237,22 @@ impl Built {
             }
         }
     }
+}
+
+/// Traefik v1 gives a router without a priority the length of its rule, so that a more
+/// specific rule wins; the name breaks remaining ties so the order never depends on discovery
+/// order. Ordered by index, so that a table of thousands of routers (each carrying its parsed
+/// rule) is not moved about by the sort.
+fn by_priority(routers: Vec<Router>) -> Vec<Router> {
+    let mut order: Vec<usize> = (0..routers.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&routers[a], &routers[b]);
+        effective_priority(b)
+            .cmp(&effective_priority(a))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let mut slots: Vec<Option<Router>> = routers.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 fn effective_priority(r: &Router) -> i64 {
