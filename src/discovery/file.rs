@@ -38,6 +38,7 @@
 
 mod reload;
 mod sections;
+mod stamp;
 
 pub use reload::Reloader;
 
@@ -635,21 +636,38 @@ pub async fn watch(path: PathBuf, interval: Duration, publisher: Arc<Publisher>,
     // Known, so that the first edit re-parses only what it changed. Already checked.
     let _ = reloader.parse(&path, &initial);
     let mut last = initial;
+    // The stamp of the last read, when it can vouch for the file until it changes. None at
+    // first: the initial read had no stamp taken with it.
+    let mut settled: Option<stamp::Stamp> = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         publisher.sweep();
-        let text = match tokio::fs::read_to_string(&path).await {
-            Ok(t) => t,
+        let read_at = std::time::SystemTime::now();
+        let read = async {
+            let seen = stamp::Stamp::of(&tokio::fs::metadata(&path).await?);
+            if settled.as_ref() == Some(&seen) {
+                return Ok(None);
+            }
+            let text = tokio::fs::read_to_string(&path).await?;
+            Ok::<_, std::io::Error>(Some((text, seen)))
+        };
+        let (text, seen) = match read.await {
+            Ok(Some(read)) => read,
+            Ok(None) => continue,
             Err(e) => {
                 if !last.is_empty() {
                     tracing::warn!(file = %path.display(), error = %e, "cannot read the file; keeping the last good configuration");
                     last.clear();
                 }
+                settled = None;
                 continue;
             }
         };
+        // Taken before the read: should the file change in between, the next poll reads it
+        // again, as the stamp then differs.
+        settled = seen.settled(read_at).then_some(seen);
         if text == last {
             continue;
         }

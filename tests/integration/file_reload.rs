@@ -161,3 +161,38 @@ async fn a_request_in_flight_when_its_server_is_removed_still_completes() {
         (200, "held response from a")
     );
 }
+
+/// The watcher skips reading a file whose metadata it has already seen settled. An edit in
+/// place that keeps the length and puts the old modification time back (as `cp -p` or a
+/// restore from an archive can) must still be read: the status-change time gives it away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_that_keeps_length_and_mtime_is_still_read() {
+    let a = spawn_backend("a").await;
+    let b = spawn_backend("b").await;
+    // Same length: the two backends' URLs differ only in their port numbers.
+    assert_eq!(a.url.len(), b.url.len());
+    let limpet = spawn_limpet_with_file(&one_service("PathPrefix:/", &[&a.url])).await;
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let set_mtime = |path: &std::path::Path| {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(long_ago).unwrap();
+    };
+    set_mtime(&limpet.file);
+    // Long enough for the watcher to read the file again and take its stamp as settled.
+    tokio::time::sleep(support::limpet::POLL * 4).await;
+    let before = limpet.table();
+    // Over the old bytes, without truncating: the watcher never sees a shorter file between.
+    let mut file = std::fs::File::options()
+        .write(true)
+        .open(&limpet.file)
+        .unwrap();
+    std::io::Write::write_all(&mut file, one_service("PathPrefix:/", &[&b.url]).as_bytes())
+        .unwrap();
+    drop(file);
+    set_mtime(&limpet.file);
+    eventually("limpet to publish the edited file", || {
+        !Arc::ptr_eq(&before, &limpet.table())
+    })
+    .await;
+    assert_eq!(limpet.get("/").await.backend(), "b");
+}
