@@ -645,15 +645,18 @@ pub async fn watch(path: PathBuf, interval: Duration, publisher: Arc<Publisher>,
         ticker.tick().await;
         publisher.sweep();
         let read_at = std::time::SystemTime::now();
-        let read = async {
-            let seen = stamp::Stamp::of(&tokio::fs::metadata(&path).await?);
-            if settled.as_ref() == Some(&seen) {
+        // One trip to the blocking pool for both: under load each trip waits for a core.
+        let (file, known) = (path.clone(), settled.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let seen = stamp::Stamp::of(&std::fs::metadata(&file)?);
+            if known.as_ref() == Some(&seen) {
                 return Ok(None);
             }
-            let text = tokio::fs::read_to_string(&path).await?;
+            let text = std::fs::read_to_string(&file)?;
             Ok::<_, std::io::Error>(Some((text, seen)))
-        };
-        let (text, seen) = match read.await {
+        });
+        let read = read.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let (text, seen) = match read {
             Ok(Some(read)) => read,
             Ok(None) => continue,
             Err(e) => {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::table::spec::{CookieMode, Provider, ServiceSpec};
-use crate::table::{Builder, Readiness, StickyGlobals, Table};
+use crate::table::{pace, Builder, Readiness, StickyGlobals, Table};
 
 /// The table as the data plane sees it: one atomic pointer, loaded per request.
 pub type SharedTable = Arc<ArcSwap<Table>>;
@@ -134,7 +134,29 @@ impl Publisher {
 /// `swap` has settled every reader's claim on a table into its reference count, so a count of
 /// one means only `retired` holds it, and nothing can take a new reference.
 fn retire(retired: &mut Vec<Arc<Table>>) {
-    retired.retain(|t| Arc::strong_count(t) > 1);
+    let (free, held): (Vec<_>, Vec<_>) = std::mem::take(retired)
+        .into_iter()
+        .partition(|t| Arc::strong_count(t) == 1);
+    *retired = held;
+    for table in free {
+        free_paced(table);
+    }
+}
+
+/// Frees a table a service at a time: freeing thousands of servers is long work too.
+fn free_paced(table: Arc<Table>) {
+    let Ok(table) = Arc::try_unwrap(table) else {
+        return;
+    };
+    let Table {
+        routers, services, ..
+    } = table;
+    for _router in routers {
+        pace::breathe();
+    }
+    for _service in services {
+        pace::breathe();
+    }
 }
 
 /// A service that wants sealed cookies needs the key file; without it, the service is left

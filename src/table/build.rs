@@ -94,6 +94,7 @@ impl Builder {
         let mut services: Vec<Service> = Vec::with_capacity(specs.len());
         self.built.reserve(specs.len());
         for &spec in specs {
+            super::pace::breathe();
             let key = (spec.provider, spec.name.as_str());
             while let Some(left) =
                 previous.next_if(|b| (b.spec.provider, b.spec.name.as_str()) < key)

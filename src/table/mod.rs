@@ -5,6 +5,7 @@
 //! A table is immutable except for the balancers' cursors, which are atomics.
 
 pub mod l4;
+pub mod pace;
 pub mod rule;
 pub mod spec;
 pub mod state;

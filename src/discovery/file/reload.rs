@@ -45,6 +45,7 @@ impl Reloader {
         // Everything is parsed before anything known is replaced: a bad edit changes nothing.
         let mut fresh: Vec<Option<Known>> = Vec::with_capacity(parts.len());
         for part in &parts {
+            crate::table::pace::breathe();
             let unchanged = self
                 .known
                 .get(part.name)
