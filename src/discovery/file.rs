@@ -636,17 +636,26 @@ pub async fn watch(path: PathBuf, interval: Duration, publisher: Arc<Publisher>,
     // Known, so that the first edit re-parses only what it changed. Already checked.
     let _ = reloader.parse(&path, &initial);
     let mut last = initial;
-    // The stamp of the last read, when it can vouch for the file until it changes. None at
-    // first: the initial read had no stamp taken with it.
-    let mut settled: Option<stamp::Stamp> = None;
+    // The stamp of the last read, whether it was settled, and when. None at first: the
+    // initial read had no stamp taken with it.
+    let mut stamped: Option<(stamp::Stamp, bool, std::time::Instant)> = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         publisher.sweep();
         let read_at = std::time::SystemTime::now();
+        // An unchanged stamp vouches for a settled file; for one modified in the last few
+        // seconds, a second write within the same timestamp tick could hide behind it, so
+        // that file is read again, but only every RECHECK: reading a large file on every
+        // poll while it is being edited cost the requests sharing the core more than the
+        // rebuilds did (bench/RESULTS.md).
+        let known = stamped
+            .as_ref()
+            .filter(|(_, settled, at)| *settled || at.elapsed() < stamp::RECHECK)
+            .map(|(stamp, ..)| stamp.clone());
         // One trip to the blocking pool for both: under load each trip waits for a core.
-        let (file, known) = (path.clone(), settled.clone());
+        let file = path.clone();
         let read = tokio::task::spawn_blocking(move || {
             let seen = stamp::Stamp::of(&std::fs::metadata(&file)?);
             if known.as_ref() == Some(&seen) {
@@ -664,13 +673,14 @@ pub async fn watch(path: PathBuf, interval: Duration, publisher: Arc<Publisher>,
                     tracing::warn!(file = %path.display(), error = %e, "cannot read the file; keeping the last good configuration");
                     last.clear();
                 }
-                settled = None;
+                stamped = None;
                 continue;
             }
         };
         // Taken before the read: should the file change in between, the next poll reads it
         // again, as the stamp then differs.
-        settled = seen.settled(read_at).then_some(seen);
+        let settled = seen.settled(read_at);
+        stamped = Some((seen, settled, std::time::Instant::now()));
         if text == last {
             continue;
         }

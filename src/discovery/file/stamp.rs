@@ -4,8 +4,9 @@
 //! metadata says as much for a fraction of that, with one catch: a timestamp only has the
 //! file system's granularity (a timer tick, or more), so a second write of the same length
 //! soon after a read can leave every field as it was. As git does for its index, a stamp is
-//! trusted only for a file that had not been modified for a while when it was read; until
-//! then the file is read on every poll.
+//! trusted for good only for a file that had not been modified for a while when it was
+//! read; until then the file is read again every [`RECHECK`] even when its stamp is the
+//! same, so that such a second write waits at most that long.
 
 use std::fs::Metadata;
 use std::time::{Duration, SystemTime};
@@ -13,6 +14,9 @@ use std::time::{Duration, SystemTime};
 /// How long before a read the file must have been last modified for its stamp to be
 /// trusted. Far above any file system's timestamp granularity (FAT's is 2 s).
 const SETTLED: Duration = Duration::from_secs(3);
+
+/// How often a file whose stamp is not settled is read though its stamp did not change.
+pub(super) const RECHECK: Duration = Duration::from_secs(1);
 
 /// What the metadata said when the file was last read.
 #[derive(Debug, Clone, PartialEq, Eq)]
