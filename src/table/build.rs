@@ -37,6 +37,16 @@ pub struct Builder {
     states: StateRegistry,
     /// What each service of the last table was built from and with, in table order.
     built: Vec<Built>,
+    /// The last table's routers before sorting, by sort key, and the order the sort gave.
+    order: RouterOrder,
+}
+
+/// A table rebuilt for an edit mostly sorts the same routers again; comparing their keys
+/// with the last ones costs far less than sorting a thousand names.
+#[derive(Debug, Default)]
+struct RouterOrder {
+    keys: Vec<(i64, Arc<str>)>,
+    order: Vec<usize>,
 }
 
 /// One service as the builder made it: the spec, and the parts of the [`Service`] that take
@@ -44,11 +54,11 @@ pub struct Builder {
 #[derive(Debug)]
 struct Built {
     spec: Arc<ServiceSpec>,
-    sticky: Option<Sticky>,
     servers: Arc<[Server]>,
-    balancer: Arc<Balancer>,
     /// Its routers, pointing at service 0, to clone for each table.
     routers: Box<[Router]>,
+    /// The table's service, to clone for each table: a clone shares everything it owns.
+    made: Service,
     /// Boxed: rare, and a `Built` is moved several times per service per table.
     fallback: Option<Box<OwnFallback>>,
 }
@@ -58,7 +68,6 @@ struct Built {
 struct OwnFallback {
     spec: ServiceSpec,
     servers: Arc<[Server]>,
-    balancer: Arc<Balancer>,
 }
 
 impl Builder {
@@ -111,7 +120,7 @@ impl Builder {
                 }
             };
             let index = services.len();
-            services.push(built.service());
+            services.push(built.made.clone());
             routers.extend(built.routers.iter().map(|r| Router {
                 service: index,
                 ..r.clone()
@@ -120,7 +129,7 @@ impl Builder {
         }
         gone.extend(previous);
         resolve_fallbacks(specs, &mut services);
-        let routers = by_priority(routers);
+        let routers = self.order.sort(routers);
         let plain: Vec<&ServiceSpec> = specs.iter().map(|s| &***s).collect();
         let (l4, _conflicts) = super::l4::build(&plain, &self.states);
         for built in gone {
@@ -157,7 +166,6 @@ impl Built {
                 };
                 Some(Box::new(OwnFallback {
                     servers: build_servers(&own, None, states),
-                    balancer: balancer(&own),
                     spec: own,
                 }))
             }
@@ -170,10 +178,18 @@ impl Built {
                 states.acquire(&server.id);
             }
         }
+        let mut made = service(spec, Arc::clone(&servers), balancer(spec), sticky);
+        made.fallback = fallback.as_ref().map(|own| {
+            Fallback::Own(Box::new(service(
+                &own.spec,
+                Arc::clone(&own.servers),
+                balancer(&own.spec),
+                None,
+            )))
+        });
         Self {
-            sticky,
             servers,
-            balancer: balancer(spec),
+            made,
             routers: spec
                 .routers
                 .iter()
@@ -206,26 +222,6 @@ impl Built {
         self
     }
 
-    /// The table's service: shares the servers and the balancer, copies the rest (a few
-    /// small fields).
-    fn service(&self) -> Service {
-        let mut made = service(
-            &self.spec,
-            Arc::clone(&self.servers),
-            Arc::clone(&self.balancer),
-            self.sticky.clone(),
-        );
-        made.fallback = self.fallback.as_ref().map(|own| {
-            Fallback::Own(Box::new(service(
-                &own.spec,
-                Arc::clone(&own.servers),
-                Arc::clone(&own.balancer),
-                None,
-            )))
-        });
-        made
-    }
-
     /// Lets go of the runtime state of every server this service listed.
     fn release(self, states: &mut StateRegistry) {
         let own = self.fallback.iter().flat_map(|f| f.servers.iter());
@@ -240,20 +236,33 @@ impl Built {
     }
 }
 
-/// Traefik v1 gives a router without a priority the length of its rule, so that a more
-/// specific rule wins; the name breaks remaining ties so the order never depends on discovery
-/// order. Ordered by index, so that a table of thousands of routers (each carrying its parsed
-/// rule) is not moved about by the sort.
-fn by_priority(routers: Vec<Router>) -> Vec<Router> {
-    let mut order: Vec<usize> = (0..routers.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&routers[a], &routers[b]);
-        effective_priority(b)
-            .cmp(&effective_priority(a))
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    let mut slots: Vec<Option<Router>> = routers.into_iter().map(Some).collect();
-    order.into_iter().filter_map(|i| slots[i].take()).collect()
+impl RouterOrder {
+    /// Traefik v1 gives a router without a priority the length of its rule, so that a more
+    /// specific rule wins; the name breaks remaining ties so the order never depends on
+    /// discovery order. Ordered by index, so that a table of thousands of routers (each
+    /// carrying its parsed rule) is not moved about by the sort.
+    fn sort(&mut self, routers: Vec<Router>) -> Vec<Router> {
+        let keys: Vec<(i64, Arc<str>)> = routers
+            .iter()
+            .map(|r| (effective_priority(r), Arc::clone(&r.name)))
+            .collect();
+        let same = keys.len() == self.keys.len()
+            && keys
+                .iter()
+                .zip(&self.keys)
+                .all(|(a, b)| a.0 == b.0 && (Arc::ptr_eq(&a.1, &b.1) || a.1 == b.1));
+        if !same {
+            self.order = (0..keys.len()).collect();
+            self.order.sort_by(|&a, &b| {
+                let (a, b) = (&keys[a], &keys[b]);
+                b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1))
+            });
+        }
+        // The new names, so that the next comparison finds the same pointers.
+        self.keys = keys;
+        let mut slots: Vec<Option<Router>> = routers.into_iter().map(Some).collect();
+        self.order.iter().filter_map(|&i| slots[i].take()).collect()
+    }
 }
 
 fn effective_priority(r: &Router) -> i64 {
@@ -483,6 +492,26 @@ mod tests {
         );
         let names: Vec<&str> = t.routers.iter().map(|r| &*r.name).collect();
         assert_eq!(names, ["forced", "api", "root"]);
+    }
+
+    #[test]
+    fn a_rebuild_orders_routers_by_their_new_priorities() {
+        let names =
+            |t: &Table| -> Vec<String> { t.routers.iter().map(|r| r.name.to_string()).collect() };
+        let mut b = Builder::new(StickyGlobals::default());
+        let root = Arc::new(spec("root", "PathPrefix:/", 0, &[1]));
+        let api = Arc::new(spec("api", "PathPrefix:/api", 0, &[2]));
+        let t = build_from(&mut b, &[Arc::clone(&api), Arc::clone(&root)]);
+        assert_eq!(names(&t), ["api", "root"]);
+        // The same routers again, then `root` given the higher priority.
+        let t = build_from(&mut b, &[Arc::clone(&api), Arc::clone(&root)]);
+        assert_eq!(names(&t), ["api", "root"]);
+        let root = Arc::new(spec("root", "PathPrefix:/", 100, &[1]));
+        let t = build_from(&mut b, &[Arc::clone(&api), Arc::clone(&root)]);
+        assert_eq!(names(&t), ["root", "api"]);
+        // A router that leaves takes its place in the order with it.
+        let t = build_from(&mut b, &[Arc::clone(&root)]);
+        assert_eq!(names(&t), ["root"]);
     }
 
     #[test]

@@ -62,9 +62,11 @@ pub struct Router {
     pub tls: bool,
 }
 
-#[derive(Debug)]
+/// Cloned from table to table while its spec does not change: every field that owns heap
+/// memory is shared, so that a clone allocates nothing (but an own fallback's box).
+#[derive(Debug, Clone)]
 pub struct Service {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub provider: Provider,
     /// Shared with the previous and next tables while the service's spec does not change.
     pub servers: Arc<[Server]>,
@@ -76,9 +78,9 @@ pub struct Service {
     pub retry: RetryPolicy,
     pub passive: PassiveHealth,
     pub fallback: Option<Fallback>,
-    pub base_path: Option<Box<str>>,
+    pub base_path: Option<Arc<str>>,
     /// Longest first.
-    pub strip_prefixes: Box<[Box<str>]>,
+    pub strip_prefixes: Arc<[Box<str>]>,
     pub limits: ServerLimits,
     /// The active monitor, run by the health checker; passive failures then keep a server
     /// out until it passes, rather than for a cool-down.
@@ -91,7 +93,7 @@ pub struct Service {
 }
 
 /// Where a service's requests go while none of its servers is in rotation.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Fallback {
     /// Another service of this table.
     Service(usize),
@@ -101,10 +103,10 @@ pub enum Fallback {
 
 #[derive(Debug, Clone)]
 pub struct Sticky {
-    pub cookie_name: Box<str>,
+    pub cookie_name: Arc<str>,
     pub mode: CookieMode,
-    /// Everything after the value (`; HttpOnly; Path=/` ...), built once per table.
-    pub attributes: Box<str>,
+    /// Everything after the value (`; HttpOnly; Path=/` ...), built once per service spec.
+    pub attributes: Arc<str>,
     pub sliding: bool,
     pub ttl: Option<std::time::Duration>,
     /// Present exactly when `mode` is [`CookieMode::Sealed`].

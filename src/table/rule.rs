@@ -5,6 +5,7 @@
 //! `Host(`a`) && PathPrefix(`/b`)` syntax can produce the same type.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A parsed rule; evaluated once per request against host and path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,13 +17,13 @@ pub enum Rule {
     /// The branch must not match.
     Not(Box<Rule>),
     /// Host header (port stripped), compared case-insensitively; stored lowercase.
-    Host(Box<str>),
+    Host(Arc<str>),
     /// Exact request path.
-    Path(Box<str>),
+    Path(Arc<str>),
     /// Request path starts with this string (Traefik v1 compares bytes, not segments).
-    PathPrefix(Box<str>),
+    PathPrefix(Arc<str>),
     /// Request method, stored uppercase.
-    Method(Box<str>),
+    Method(Arc<str>),
 }
 
 /// The request facts a rule looks at, borrowed from the request.
@@ -43,7 +44,7 @@ pub enum PathRewrite {
     #[default]
     Keep,
     /// Remove the matched prefix; the candidates are tried longest first.
-    StripPrefix(Vec<Box<str>>),
+    StripPrefix(Arc<[Box<str>]>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -75,7 +76,7 @@ pub struct ParsedRule {
     pub rewrite: PathRewrite,
     /// Length of the source text; Traefik v1 breaks priority ties with it.
     pub source_len: usize,
-    pub source: Box<str>,
+    pub source: Arc<str>,
 }
 
 /// Parses Traefik v1 frontend rule syntax: matchers separated by `;` must all match, and a
@@ -118,7 +119,7 @@ pub fn parse_v1(text: &str) -> Result<ParsedRule, RuleError> {
         {
             let mut prefixes: Vec<Box<str>> = values.iter().map(|v| (*v).into()).collect();
             prefixes.sort_by_key(|p| std::cmp::Reverse(p.len()));
-            rewrite = PathRewrite::StripPrefix(prefixes);
+            rewrite = PathRewrite::StripPrefix(prefixes.into());
         }
         let mut alternatives: Vec<Rule> = values.into_iter().map(make).collect();
         all.push(if alternatives.len() == 1 {
