@@ -167,7 +167,7 @@ async fn forward(
             path: facts.path.to_owned(),
         })?
     };
-    let primary = &table.services[router.service];
+    let primary: &Service = &table.services[router.service];
     let (service, choice, session_key) = match choose(primary, &parts.headers) {
         (Some(choice), key) => (primary, choice, key),
         // Nothing in rotation: Apigee's IsFallback. The fallback's own fallback is not
@@ -703,7 +703,7 @@ fn upgrade_request(parts: &mut http::request::Parts) -> Option<(HeaderValue, OnU
 /// The fallback service and a server of it, when the primary has none in rotation.
 fn fallback<'t>(table: &'t Table, primary: &'t Service) -> Option<(&'t Service, usize)> {
     let service = match primary.fallback.as_ref()? {
-        Fallback::Service(i) => &table.services[*i],
+        Fallback::Service(i) => &*table.services[*i],
         Fallback::Own(s) => s,
     };
     Some((service, service.balance(&[])?))

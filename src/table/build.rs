@@ -57,8 +57,8 @@ struct Built {
     servers: Arc<[Server]>,
     /// Its routers, pointing at service 0, to clone for each table.
     routers: Box<[Router]>,
-    /// The table's service, to clone for each table: a clone shares everything it owns.
-    made: Service,
+    /// The table's service, shared by every table while the spec does not change.
+    made: Arc<Service>,
     /// Boxed: rare, and a `Built` is moved several times per service per table.
     fallback: Option<Box<OwnFallback>>,
 }
@@ -100,7 +100,7 @@ impl Builder {
         // table holds its servers, so that a server kept under a changed spec keeps its state.
         let mut gone = Vec::new();
         let mut routers = Vec::with_capacity(specs.len());
-        let mut services: Vec<Service> = Vec::with_capacity(specs.len());
+        let mut services: Vec<Arc<Service>> = Vec::with_capacity(specs.len());
         self.built.reserve(specs.len());
         for &spec in specs {
             super::pace::breathe();
@@ -120,7 +120,7 @@ impl Builder {
                 }
             };
             let index = services.len();
-            services.push(built.made.clone());
+            services.push(Arc::clone(&built.made));
             routers.extend(built.routers.iter().map(|r| Router {
                 service: index,
                 ..r.clone()
@@ -189,7 +189,7 @@ impl Built {
         });
         Self {
             servers,
-            made,
+            made: Arc::new(made),
             routers: spec
                 .routers
                 .iter()
@@ -382,8 +382,9 @@ fn service(
 }
 
 /// Points each fallback naming a service at it. A name that matches nothing is logged and
-/// dropped: the service still routes normally.
-fn resolve_fallbacks(specs: &[&Arc<ServiceSpec>], services: &mut [Service]) {
+/// dropped: the service still routes normally. The index is this table's, so a service
+/// with such a fallback is copied for each table, not shared.
+fn resolve_fallbacks(specs: &[&Arc<ServiceSpec>], services: &mut [Arc<Service>]) {
     for (i, spec) in specs.iter().enumerate() {
         let Some(FallbackSpec::Service(name)) = &spec.options.fallback else {
             continue;
@@ -393,13 +394,14 @@ fn resolve_fallbacks(specs: &[&Arc<ServiceSpec>], services: &mut [Service]) {
             .iter()
             .position(|s| s.name == *name && s.provider == spec.provider)
             .or_else(|| specs.iter().position(|s| s.name == *name));
-        services[i].fallback = match target {
+        let fallback = match target {
             Some(t) if t != i => Some(Fallback::Service(t)),
             _ => {
                 tracing::warn!(service = %spec.name, fallback = %name, "fallback service not found; no fallback");
                 None
             }
         };
+        Arc::make_mut(&mut services[i]).fallback = fallback;
     }
 }
 

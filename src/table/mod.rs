@@ -42,7 +42,9 @@ pub enum Readiness {
 pub struct Table {
     /// Ordered: first match wins.
     pub routers: Box<[Router]>,
-    pub services: Box<[Service]>,
+    /// Shared with the tables before and after while unchanged: a rebuild for one edit
+    /// touches one reference count per service, not each service's fields.
+    pub services: Box<[Arc<Service>]>,
     pub readiness: Readiness,
     /// Layer-4 routes, sorted by protocol and front port; see [`Table::l4_routes`].
     pub l4: Box<[l4::L4Route]>,
