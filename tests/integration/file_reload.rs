@@ -137,6 +137,32 @@ async fn a_vanished_file_keeps_the_table_and_its_return_applies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_utf8_is_reported_and_its_fix_applies() {
+    logs::capture();
+    let a = spawn_backend("a").await;
+    let b = spawn_backend("b").await;
+    let limpet = spawn_limpet_with_file(&one_service("PathPrefix:/", &[&a.url])).await;
+    let good = limpet.table();
+
+    let file = limpet.file.display().to_string();
+    let before = logs::count(&[&file, "cannot read", "UTF-8"]);
+    let mut bytes = one_service("PathPrefix:/", &[&b.url]).into_bytes();
+    bytes.extend_from_slice(b"# \xff\xfe\n");
+    let aside = limpet.file.with_extension("new");
+    std::fs::write(&aside, bytes).expect("write the new file");
+    std::fs::rename(&aside, &limpet.file).expect("replace the file");
+    eventually("limpet to report the file as not UTF-8", || {
+        logs::count(&[&file, "cannot read", "UTF-8"]) > before
+    })
+    .await;
+    assert!(Arc::ptr_eq(&good, &limpet.table()));
+    assert_eq!(limpet.get("/").await.backend(), "a");
+
+    limpet.reload(&one_service("PathPrefix:/", &[&b.url])).await;
+    assert_eq!(limpet.get("/").await.backend(), "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_when_its_server_is_removed_still_completes() {
     let a = spawn_backend("a").await;
     let b = spawn_backend("b").await;
