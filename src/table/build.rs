@@ -49,25 +49,16 @@ struct RouterOrder {
     order: Vec<usize>,
 }
 
-/// One service as the builder made it: the spec, and the parts of the [`Service`] that take
-/// work to make and that the next table can share.
+/// One service as the builder made it: the spec, and what the next table can share.
 #[derive(Debug)]
 struct Built {
     spec: Arc<ServiceSpec>,
-    servers: Arc<[Server]>,
     /// Its routers, pointing at service 0, to clone for each table.
     routers: Box<[Router]>,
-    /// The table's service, shared by every table while the spec does not change.
+    /// The table's service, shared by every table while the spec does not change. Its
+    /// servers, and those of a fallback URL's own service, are the ones whose state this
+    /// holds.
     made: Arc<Service>,
-    /// Boxed: rare, and a `Built` is moved several times per service per table.
-    fallback: Option<Box<OwnFallback>>,
-}
-
-/// The one-server service made for a fallback URL.
-#[derive(Debug)]
-struct OwnFallback {
-    spec: ServiceSpec,
-    servers: Arc<[Server]>,
 }
 
 impl Builder {
@@ -164,10 +155,13 @@ impl Built {
                     options: ServiceOptions::default(),
                     l4: Vec::new(),
                 };
-                Some(Box::new(OwnFallback {
-                    servers: build_servers(&own, None, states),
-                    spec: own,
-                }))
+                let servers = build_servers(&own, None, states);
+                Some(Fallback::Own(Box::new(service(
+                    &own,
+                    servers,
+                    balancer(&own),
+                    None,
+                ))))
             }
             Some(FallbackSpec::Service(_)) | None => None,
         };
@@ -178,17 +172,9 @@ impl Built {
                 states.acquire(&server.id);
             }
         }
-        let mut made = service(spec, Arc::clone(&servers), balancer(spec), sticky);
-        made.fallback = fallback.as_ref().map(|own| {
-            Fallback::Own(Box::new(service(
-                &own.spec,
-                Arc::clone(&own.servers),
-                balancer(&own.spec),
-                None,
-            )))
-        });
+        let mut made = service(spec, servers, balancer(spec), sticky);
+        made.fallback = fallback;
         Self {
-            servers,
             made: Arc::new(made),
             routers: spec
                 .routers
@@ -201,7 +187,6 @@ impl Built {
                     tls: r.tls,
                 })
                 .collect(),
-            fallback,
             spec: Arc::clone(spec),
         }
     }
@@ -216,7 +201,7 @@ impl Built {
     /// of a `start_down` service that the monitor has not judged yet (it was told to forget
     /// it) stays out.
     fn reused(mut self, spec: &Arc<ServiceSpec>) -> Self {
-        hold_back_unprobed(&self.spec, &self.servers);
+        hold_back_unprobed(&self.spec, &self.made.servers);
         // The caller's copy, so that an equal spec is not kept twice.
         self.spec = Arc::clone(spec);
         self
@@ -224,8 +209,11 @@ impl Built {
 
     /// Lets go of the runtime state of every server this service listed.
     fn release(self, states: &mut StateRegistry) {
-        let own = self.fallback.iter().flat_map(|f| f.servers.iter());
-        for server in self.servers.iter().chain(own) {
+        let own = match &self.made.fallback {
+            Some(Fallback::Own(own)) => &own.servers[..],
+            _ => &[],
+        };
+        for server in self.made.servers.iter().chain(own) {
             states.release(&server.id);
         }
         for route in &self.spec.l4 {
