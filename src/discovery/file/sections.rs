@@ -113,37 +113,33 @@ impl Scan {
     }
 }
 
-/// How many leading bytes `a` and `b` share. Compared a block at a time, as `memcmp` does it
-/// far faster than a byte loop over a file of hundreds of kilobytes.
+/// How many leading bytes `a` and `b` share.
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    const BLOCK: usize = 256;
-    let n = a.len().min(b.len());
-    let mut i = 0;
-    while i + BLOCK <= n && a[i..i + BLOCK] == b[i..i + BLOCK] {
-        i += BLOCK;
-    }
-    i + a[i..n]
-        .iter()
-        .zip(&b[i..n])
-        .take_while(|(x, y)| x == y)
-        .count()
+    common_run(a, b, |i, len| i..i + len)
 }
 
 /// How many trailing bytes `a` and `b` share.
 fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    common_run(&a[a.len() - n..], &b[b.len() - n..], |i, len| {
+        n - i - len..n - i
+    })
+}
+
+/// How many bytes `a` and `b` share from one end, `at(i, len)` being the range `len` bytes
+/// long that lies `i` bytes in from it. Compared a block at a time, as `memcmp` does it far
+/// faster than a byte loop over a file of hundreds of kilobytes.
+fn common_run(a: &[u8], b: &[u8], at: impl Fn(usize, usize) -> Range<usize>) -> usize {
     const BLOCK: usize = 256;
     let n = a.len().min(b.len());
-    let (a, b) = (&a[a.len() - n..], &b[b.len() - n..]);
     let mut i = 0;
-    while i + BLOCK <= n && a[n - i - BLOCK..n - i] == b[n - i - BLOCK..n - i] {
+    while i + BLOCK <= n && a[at(i, BLOCK)] == b[at(i, BLOCK)] {
         i += BLOCK;
     }
-    i + a[..n - i]
-        .iter()
-        .rev()
-        .zip(b[..n - i].iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count()
+    while i < n && a[at(i, 1)] == b[at(i, 1)] {
+        i += 1;
+    }
+    i
 }
 
 /// The file split at `headers`, its own.
