@@ -636,24 +636,20 @@ pub async fn watch(path: PathBuf, interval: Duration, publisher: Arc<Publisher>,
     // Known, so that the first edit re-parses only what it changed. Already checked.
     let _ = reloader.parse(&path, &initial);
     let mut last = initial;
-    // The stamp of the last read, whether it was settled, and when. None at first: the
-    // initial read had no stamp taken with it.
-    let mut stamped: Option<(stamp::Stamp, bool, std::time::Instant)> = None;
+    // None at first: the initial read had no stamp taken with it.
+    let mut last_read: Option<stamp::LastRead> = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         publisher.sweep();
         let read_at = std::time::SystemTime::now();
-        // An unchanged stamp vouches for a settled file; for one modified in the last few
-        // seconds, a second write within the same timestamp tick could hide behind it, so
-        // that file is read again, but only every RECHECK: reading a large file on every
-        // poll while it is being edited cost the requests sharing the core more than the
-        // rebuilds did (bench/RESULTS.md).
-        let known = stamped
+        // Not read when its stamp vouches for it: reading a large file on every poll while it
+        // is being edited cost the requests sharing the core more than the rebuilds did.
+        let known = last_read
             .as_ref()
-            .filter(|(_, settled, at)| *settled || at.elapsed() < stamp::RECHECK)
-            .map(|(stamp, ..)| stamp.clone());
+            .and_then(stamp::LastRead::vouching)
+            .cloned();
         // One trip to the blocking pool for both: under load each trip waits for a core.
         let file = path.clone();
         let read = tokio::task::spawn_blocking(move || {
@@ -673,14 +669,11 @@ pub async fn watch(path: PathBuf, interval: Duration, publisher: Arc<Publisher>,
                     tracing::warn!(file = %path.display(), error = %e, "cannot read the file; keeping the last good configuration");
                     last.clear();
                 }
-                stamped = None;
+                last_read = None;
                 continue;
             }
         };
-        // Taken before the read: should the file change in between, the next poll reads it
-        // again, as the stamp then differs.
-        let settled = seen.settled(read_at);
-        stamped = Some((seen, settled, std::time::Instant::now()));
+        last_read = Some(stamp::LastRead::new(seen, read_at));
         if text == last {
             continue;
         }

@@ -9,14 +9,14 @@
 //! same, so that such a second write waits at most that long.
 
 use std::fs::Metadata;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How long before a read the file must have been last modified for its stamp to be
 /// trusted. Far above any file system's timestamp granularity (FAT's is 2 s).
 const SETTLED: Duration = Duration::from_secs(3);
 
 /// How often a file whose stamp is not settled is read though its stamp did not change.
-pub(super) const RECHECK: Duration = Duration::from_secs(1);
+const RECHECK: Duration = Duration::from_secs(1);
 
 /// What the metadata said when the file was last read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,10 +44,36 @@ impl Stamp {
 
     /// Whether a file read at `read_at` with this stamp can be taken as unchanged for as
     /// long as its stamp stays the same.
-    pub(super) fn settled(&self, read_at: SystemTime) -> bool {
+    fn settled(&self, read_at: SystemTime) -> bool {
         self.modified
             .and_then(|m| m.checked_add(SETTLED))
             .is_some_and(|m| m < read_at)
+    }
+}
+
+/// The stamp taken with the last read of the file.
+#[derive(Debug)]
+pub(super) struct LastRead {
+    stamp: Stamp,
+    settled: bool,
+    at: Instant,
+}
+
+impl LastRead {
+    /// `stamp` was taken just before a read that started at `read_at`: should the file
+    /// change in between, the next stamp differs and the file is read again.
+    pub(super) fn new(stamp: Stamp, read_at: SystemTime) -> Self {
+        Self {
+            settled: stamp.settled(read_at),
+            stamp,
+            at: Instant::now(),
+        }
+    }
+
+    /// The stamp that, found unchanged, spares reading the file: always for a settled file,
+    /// for a recent one only until [`RECHECK`] has passed.
+    pub(super) fn vouching(&self) -> Option<&Stamp> {
+        (self.settled || self.at.elapsed() < RECHECK).then_some(&self.stamp)
     }
 }
 
