@@ -5,7 +5,10 @@ use crate::support;
 
 use std::sync::Arc;
 
-use support::{eventually, logs, servers, spawn_backend, spawn_limpet_with_file, Limpet, Req};
+use limpet::table::Table;
+use support::{
+    eventually, logs, servers, spawn_backend, spawn_limpet_with_file, Backend, Limpet, Req,
+};
 
 fn one_service(rule: &str, urls: &[&str]) -> String {
     format!(
@@ -22,6 +25,17 @@ async fn wait_for_rejection(limpet: &Limpet, reason: &str, before: usize) {
         logs::count(&[&file, reason]) > before
     })
     .await;
+}
+
+/// Logs captured, backends `a` and `b`, and a limpet routing everything to `a` with the
+/// table it started with.
+async fn serving_a() -> (Backend, Backend, Limpet, Arc<Table>) {
+    logs::capture();
+    let a = spawn_backend("a").await;
+    let b = spawn_backend("b").await;
+    let limpet = spawn_limpet_with_file(&one_service("PathPrefix:/", &[&a.url])).await;
+    let good = limpet.table();
+    (a, b, limpet, good)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,11 +67,7 @@ async fn edits_apply_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_edit_keeps_the_last_good_table_until_the_file_is_fixed() {
-    logs::capture();
-    let a = spawn_backend("a").await;
-    let b = spawn_backend("b").await;
-    let limpet = spawn_limpet_with_file(&one_service("PathPrefix:/", &[&a.url])).await;
-    let good = limpet.table();
+    let (_a, b, limpet, good) = serving_a().await;
 
     // Each bad edit would also move traffic to `b` if any part of it were applied.
     let bad_edits = [
@@ -120,11 +130,7 @@ async fn a_bad_edit_keeps_the_last_good_table_until_the_file_is_fixed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_file_keeps_the_table_and_its_return_applies() {
-    logs::capture();
-    let a = spawn_backend("a").await;
-    let b = spawn_backend("b").await;
-    let limpet = spawn_limpet_with_file(&one_service("PathPrefix:/", &[&a.url])).await;
-    let good = limpet.table();
+    let (_a, b, limpet, good) = serving_a().await;
 
     let before = logs::count(&[&limpet.file.display().to_string(), "cannot read"]);
     std::fs::remove_file(&limpet.file).expect("remove the file");
@@ -138,11 +144,7 @@ async fn a_vanished_file_keeps_the_table_and_its_return_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_that_is_not_utf8_is_reported_and_its_fix_applies() {
-    logs::capture();
-    let a = spawn_backend("a").await;
-    let b = spawn_backend("b").await;
-    let limpet = spawn_limpet_with_file(&one_service("PathPrefix:/", &[&a.url])).await;
-    let good = limpet.table();
+    let (_a, b, limpet, good) = serving_a().await;
 
     let file = limpet.file.display().to_string();
     let before = logs::count(&[&file, "cannot read", "UTF-8"]);
