@@ -31,6 +31,7 @@ pub mod labels;
 pub mod proxy;
 pub mod sticky;
 pub mod table;
+pub mod threads;
 pub mod tls;
 pub mod web;
 

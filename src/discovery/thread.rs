@@ -15,11 +15,10 @@
 use std::future::Future;
 use std::io;
 
-use tokio::runtime::Handle;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::table::pace;
+use crate::threads::RuntimeThread;
 
 /// How much lower than the workers the control plane runs, in Linux niceness steps.
 const NICENESS: i32 = 10;
@@ -29,45 +28,17 @@ pub const THREAD_NAME: &str = "limpet-control";
 
 /// Owns the thread; dropping it stops the runtime, cancelling the tasks spawned on it.
 #[derive(Debug)]
-pub struct ControlPlane {
-    handle: Handle,
-    stop: Option<oneshot::Sender<()>>,
-}
+pub struct ControlPlane(RuntimeThread);
 
 impl ControlPlane {
     pub fn start() -> io::Result<Self> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name(THREAD_NAME.into())
-            .spawn(move || {
-                lower_priority();
-                pace::enable();
-                // Its blocking pool (file reads) is control plane too; such threads inherit
-                // this one's priority, and get its name so that they can be told apart.
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .thread_name(THREAD_NAME)
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(runtime.handle().clone()));
-                runtime.block_on(async {
-                    let _ = stopped.await;
-                });
-            })?;
-        let handle = ready_rx
-            .recv()
-            .map_err(|_| io::Error::other("the control-plane thread ended at start"))??;
-        Ok(Self {
-            handle,
-            stop: Some(stop),
+        // Its blocking pool (file reads) is control plane too: such threads inherit this
+        // one's priority.
+        RuntimeThread::start(THREAD_NAME, || {
+            lower_priority();
+            pace::enable();
         })
+        .map(Self)
     }
 
     pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
@@ -75,17 +46,7 @@ impl ControlPlane {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.handle.spawn(future)
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        // Not joined: that would block the caller, often a worker. The thread ends by
-        // itself once its runtime has dropped the cancelled tasks.
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.0.spawn(future)
     }
 }
 
