@@ -63,6 +63,8 @@ pub enum StartError {
     Tls(#[from] tls::certs::CertError),
     #[error("cannot start the control-plane thread: {0}")]
     ControlPlane(#[source] std::io::Error),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 /// Runs limpet until `shutdown` completes: binds the listeners, starts the providers, and
@@ -158,12 +160,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = rx.wait_for(|s| *s).await;
     };
     let proxy = Arc::new(proxy::Proxy::new(publisher.table(), config.proxy));
+    let workers = config
+        .workers
+        .and_then(std::num::NonZeroUsize::new)
+        .or_else(|| std::thread::available_parallelism().ok())
+        .unwrap_or(std::num::NonZeroUsize::MIN);
+    let workers = Arc::new(proxy::Workers::start(workers).map_err(StartError::Workers)?);
     if let Some(listener) = web {
         tracing::info!(address = %config.web.expect("bound"), "status page listening");
         background.push(tokio::spawn(web::serve(
             listener,
             publisher.table(),
             proxy.budget(),
+            Arc::clone(&workers),
             stopped(stop_rx.clone()),
         )));
     }
@@ -179,12 +188,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             listener,
             proxy::Transport::Tls(acceptor),
             Arc::clone(&proxy),
+            Arc::clone(&workers),
             stopped(stop_rx.clone()),
         )));
     }
     tracing::info!(address = %config.entrypoint, "entrypoint listening");
     let plain = proxy::Transport::Plain { h2c: config.h2c };
-    proxy::serve_with(entrypoint, plain, proxy, async move {
+    proxy::serve_with(entrypoint, plain, proxy, workers, async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, letting requests finish");
         let _ = stop_tx.send(true);

@@ -12,11 +12,12 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logging(config.log);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.workers {
-        runtime.worker_threads(n);
-    }
-    let runtime = match runtime.enable_all().build() {
+    // The first worker: `run` starts the others, each with a runtime of its own (see
+    // `proxy::Workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("limpet: cannot start the runtime: {e}");

@@ -18,12 +18,13 @@ use tokio::net::TcpListener;
 use std::sync::Arc;
 
 use crate::discovery::SharedTable;
-use crate::proxy::Budget;
+use crate::proxy::{Budget, Workers};
 
 pub async fn serve(
     listener: TcpListener,
     table: SharedTable,
     budget: Arc<Budget>,
+    workers: Arc<Workers>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -40,11 +41,15 @@ pub async fn serve(
         };
         let table = table.clone();
         let budget = Arc::clone(&budget);
+        let workers = Arc::clone(&workers);
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let table = table.clone();
-                let budget = Arc::clone(&budget);
-                async move { Ok::<_, Infallible>(page(&table, &budget, &req)) }
+                let stats = Stats {
+                    budget: &budget,
+                    workers: &workers,
+                };
+                let page = page(&table, stats, &req);
+                async move { Ok::<_, Infallible>(page) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -53,7 +58,14 @@ pub async fn serve(
     }
 }
 
-fn page(table: &SharedTable, budget: &Budget, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// What `/api/stats` reports besides the table.
+#[derive(Clone, Copy)]
+struct Stats<'a> {
+    budget: &'a Budget,
+    workers: &'a Workers,
+}
+
+fn page(table: &SharedTable, stats: Stats<'_>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -77,7 +89,14 @@ fn page(table: &SharedTable, budget: &Budget, req: &Request<Incoming>) -> Respon
         "/api/stats" => reply(
             StatusCode::OK,
             "application/json",
-            format!("{:#}\n", serde_json::json!({ "memory": budget.stats() })),
+            format!(
+                "{:#}\n",
+                serde_json::json!({
+                    "memory": stats.budget.stats(),
+                    // Per worker, to see how evenly clients are spread.
+                    "workers": { "open_connections": stats.workers.open() },
+                })
+            ),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "Not Found\n".into()),
     }

@@ -15,6 +15,7 @@
 //! - `parking`: idle HTTP/1.1 client connections without buffers.
 //! - `pool`: limpet's own pool of HTTP/1.1 connections to plain-HTTP backends.
 //! - `error`: every failure, and the one place that maps failures to responses.
+//! - `workers`: the threads connections are served on, one runtime each.
 
 mod batching;
 mod body;
@@ -29,12 +30,14 @@ mod multiplex;
 mod parking;
 mod pool;
 mod upload;
+mod workers;
 
 pub use budget::{Budget, BudgetStats};
 pub use error::{ProxyError, UpstreamError};
 pub use headers::ClientConn;
 pub use parking::PARK_AFTER;
 pub use pool::{ConnectError, SendError};
+pub use workers::{Workers, THREAD_NAME as WORKER_THREAD_NAME};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -75,7 +78,8 @@ pub struct ProxySettings {
     pub response_header_timeout: Duration,
     /// How long an unused backend connection stays in the pool.
     pub idle_conn_timeout: Duration,
-    /// Idle HTTP/1.1 connections kept per backend server; more are closed when released.
+    /// Idle HTTP/1.1 connections kept per backend server and worker; more are closed when
+    /// released.
     pub max_idle_per_server: usize,
     /// How long to wait for in-flight requests when shutting down.
     pub grace_period: Duration,
@@ -218,8 +222,17 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTP on an already-bound listener until `shutdown` completes, then lets in-flight
 /// requests finish for up to the grace period. Taking a bound listener lets tests use port 0.
+/// Connections are served on the calling runtime.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
-    serve_with(listener, Transport::Plain { h2c: false }, proxy, shutdown).await
+    let workers = Arc::new(Workers::here());
+    serve_with(
+        listener,
+        Transport::Plain { h2c: false },
+        proxy,
+        workers,
+        shutdown,
+    )
+    .await
 }
 
 /// How a connection is served once its protocol is known (by the h2c preface or by ALPN).
@@ -228,11 +241,13 @@ struct Protocols {
     http2: http2::Builder<TokioExecutor>,
 }
 
-/// [`serve`], for any transport.
+/// [`serve`], for any transport, with connections spread over `workers`. Called on the first
+/// worker's runtime.
 pub async fn serve_with(
     listener: TcpListener,
     transport: Transport,
     proxy: Arc<Proxy>,
+    workers: Arc<Workers>,
     shutdown: impl Future<Output = ()>,
 ) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -290,7 +305,7 @@ pub async fn serve_with(
         // would otherwise size every connection's task for the largest of them.
         match transport.clone() {
             Transport::Plain { h2c } => {
-                tokio::spawn(async move {
+                workers.serve(stream, move |stream| async move {
                     let _slot = slot;
                     // The first bytes are the first head's: the head timeout bounds the wait.
                     let preface = match client.watchdog.head {
@@ -309,7 +324,7 @@ pub async fn serve_with(
                 });
             }
             Transport::Tls(acceptor) => {
-                tokio::spawn(async move {
+                workers.serve(stream, move |stream| async move {
                     let _slot = slot;
                     // A failed handshake concerns this client only: log it quietly.
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))

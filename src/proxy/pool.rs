@@ -3,7 +3,7 @@
 //! hyper-util's pooled client keeps every idle connection in one map behind a mutex, keyed by
 //! a SipHash of scheme and authority, and races a checkout against a connect on every
 //! request: about a sixth of a proxied request's instructions (bench/RESULTS.md). Here each
-//! server has its own small stack of idle connections, found through the server's state
+//! server has a small stack of idle connections per worker, found through the server's state
 //! without any lookup, and a connection is checked out (or dialed) before the request is
 //! built. A connect failure is therefore known while the request is still whole, and can go
 //! to another server without a copy made "in case".
@@ -35,7 +35,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::UpstreamBody;
+use super::{workers, UpstreamBody};
 use crate::table::state::ServerState;
 
 /// How connections are made and kept.
@@ -81,11 +81,17 @@ pub enum ConnectError {
 pub struct ServerPool {
     /// The address every connection here goes to.
     authority: Authority,
-    /// A per-server lock, held for a push or a pop: requests to other servers never meet it.
-    idle: Mutex<Vec<Idle>>,
+    /// One stack per worker: a connection's task runs on the worker that dialed it, and is
+    /// used from there only. Each behind a per-server lock, held for a push or a pop.
+    idle: Box<[Stack]>,
     /// Whether a reaper task is watching `idle` for connections past their idle timeout.
     reaping: AtomicBool,
 }
+
+/// On a cache line of its own: two workers' stacks of one server must not share one.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stack(Mutex<Vec<Idle>>);
 
 #[derive(Debug)]
 struct Idle {
@@ -101,7 +107,7 @@ impl ServerPool {
         let attached = state.attachment(|| {
             Arc::new(ServerPool {
                 authority: authority.clone(),
-                idle: Mutex::new(Vec::new()),
+                idle: (0..workers::count()).map(|_| Stack::default()).collect(),
                 reaping: AtomicBool::new(false),
             }) as Arc<dyn Any + Send + Sync>
         });
@@ -110,28 +116,47 @@ impl ServerPool {
             .expect("a server state only ever has a connection pool attached")
     }
 
-    /// An idle connection ready for a request, if there is one.
-    fn take_idle(&self, settings: &PoolSettings) -> Option<SendRequest<UpstreamBody>> {
+    /// The idle connections whose task runs on worker `home`.
+    fn stack(&self, home: usize) -> &Mutex<Vec<Idle>> {
+        // A pool made before more workers started has fewer stacks; they share the last.
+        &self.idle[home.min(self.idle.len() - 1)].0
+    }
+
+    /// An idle connection ready for a request, if there is one, and its worker: the calling
+    /// worker's own if it has one, else another's, which is still cheaper than a dial.
+    fn take_idle(&self, settings: &PoolSettings) -> Option<(SendRequest<UpstreamBody>, usize)> {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // Newest first: the freshest connection is the least likely to have been closed by
-        // the backend, and the oldest ones are left to time out when load drops.
-        while let Some(entry) = idle.pop() {
-            if entry.send.is_closed() || now.duration_since(entry.since) >= settings.idle_timeout {
-                continue;
+        let here = workers::index().min(self.idle.len() - 1);
+        let others = (0..self.idle.len()).filter(|&i| i != here);
+        for home in std::iter::once(here).chain(others) {
+            let mut idle = self.stack(home).lock().unwrap_or_else(|e| e.into_inner());
+            // Newest first: the freshest connection is the least likely to have been closed
+            // by the backend, and the oldest ones are left to time out when load drops.
+            while let Some(entry) = idle.pop() {
+                if entry.send.is_closed()
+                    || now.duration_since(entry.since) >= settings.idle_timeout
+                {
+                    continue;
+                }
+                return Some((entry.send, home));
             }
-            return Some(entry.send);
         }
         None
     }
 
-    /// Puts a connection whose exchange ended cleanly back for the next request.
-    fn put(self: &Arc<Self>, send: SendRequest<UpstreamBody>, settings: &PoolSettings) {
+    /// Puts a connection whose exchange ended cleanly back for the next request, with the
+    /// other connections of the worker its task runs on.
+    fn put(
+        self: &Arc<Self>,
+        send: SendRequest<UpstreamBody>,
+        home: usize,
+        settings: &PoolSettings,
+    ) {
         if send.is_closed() {
             return;
         }
         let start_reaper = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = self.stack(home).lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() >= settings.max_idle_per_server {
                 return;
             }
@@ -162,15 +187,21 @@ async fn reap(pool: Weak<ServerPool>, timeout: Duration) {
         tokio::time::sleep_until(wake).await;
         let Some(pool) = pool.upgrade() else { return };
         let now = Instant::now();
-        let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // Oldest first, so the expired ones are a prefix.
-        let expired = idle
-            .iter()
-            .take_while(|e| now.duration_since(e.since) >= timeout || e.send.is_closed())
-            .count();
-        idle.drain(..expired);
-        match idle.first() {
-            Some(oldest) => wake = oldest.since + timeout,
+        let mut oldest: Option<Instant> = None;
+        for stack in pool.idle.iter() {
+            let mut idle = stack.0.lock().unwrap_or_else(|e| e.into_inner());
+            // Oldest first, so the expired ones are a prefix.
+            let expired = idle
+                .iter()
+                .take_while(|e| now.duration_since(e.since) >= timeout || e.send.is_closed())
+                .count();
+            idle.drain(..expired);
+            if let Some(first) = idle.first() {
+                oldest = Some(oldest.map_or(first.since, |o| o.min(first.since)));
+            }
+        }
+        match oldest {
+            Some(oldest) => wake = oldest + timeout,
             None => {
                 pool.reaping.store(false, Ordering::Release);
                 return;
@@ -182,6 +213,8 @@ async fn reap(pool: Weak<ServerPool>, timeout: Duration) {
 /// A connection checked out for one exchange.
 pub struct Conn {
     send: SendRequest<UpstreamBody>,
+    /// The worker its connection task runs on.
+    home: usize,
     /// Taken from the pool rather than dialed for this request: it may have been closed by
     /// the backend meanwhile.
     pub reused: bool,
@@ -196,8 +229,12 @@ pub async fn checkout(
     // A server whose address changed under the same identity must not get connections to
     // the old one; its new connections are not pooled (see `Pooled::release`).
     if pool.authority == *authority {
-        if let Some(send) = pool.take_idle(settings) {
-            return Ok(Conn { send, reused: true });
+        if let Some((send, home)) = pool.take_idle(settings) {
+            return Ok(Conn {
+                send,
+                home,
+                reused: true,
+            });
         }
     }
     // Boxed: dialing is rare once the pool is warm, and its future (resolve, connect,
@@ -222,6 +259,7 @@ pub async fn dial(authority: &Authority, settings: &PoolSettings) -> Result<Conn
     });
     Ok(Conn {
         send,
+        home: workers::index(),
         reused: false,
     })
 }
@@ -301,17 +339,22 @@ pub fn send<'a>(
     // Not an `async fn` nor an async block: either would keep hyper's future twice, once as
     // captured and once as awaited, and every request's future would be larger by that.
     let uri = replay.map(|_| req.uri().clone());
-    let Conn { mut send, reused } = conn;
+    let Conn {
+        mut send,
+        home,
+        reused,
+    } = conn;
     let sending = send.try_send_request(req);
     sending.then(move |result| match result {
         Ok(response) => future::Either::Left(future::ready(Ok((
             response,
-            Pooled::new(send, pool, authority, settings),
+            Pooled::new(send, home, pool, authority, settings),
         )))),
         // Boxed: rare, and every request's future would otherwise carry its state.
         Err(failed) => {
             let lost = Lost {
                 send,
+                home,
                 reused,
                 failed,
                 uri,
@@ -324,6 +367,7 @@ pub fn send<'a>(
 /// What is left of an exchange that failed.
 struct Lost {
     send: SendRequest<UpstreamBody>,
+    home: usize,
     reused: bool,
     failed: TrySendError<Request<UpstreamBody>>,
     /// The request's target, to send it again (see [`Replay`]).
@@ -341,6 +385,7 @@ async fn recover(
 ) -> Result<(Response<Incoming>, Pooled), SendError> {
     let Lost {
         mut send,
+        mut home,
         mut reused,
         mut failed,
         mut uri,
@@ -354,7 +399,7 @@ async fn recover(
                 waited = true;
                 match send.try_send_request(back).await {
                     Ok(response) => {
-                        return Ok((response, Pooled::new(send, pool, authority, settings)))
+                        return Ok((response, Pooled::new(send, home, pool, authority, settings)))
                     }
                     Err(e) => {
                         failed = e;
@@ -381,11 +426,13 @@ async fn recover(
                 }
             }
         };
-        send = dial(authority, settings).await?.send;
+        Conn { send, home, .. } = dial(authority, settings).await?;
         reused = false;
         uri = replay.map(|_| req.uri().clone());
         match send.try_send_request(req).await {
-            Ok(response) => return Ok((response, Pooled::new(send, pool, authority, settings))),
+            Ok(response) => {
+                return Ok((response, Pooled::new(send, home, pool, authority, settings)))
+            }
             Err(e) => failed = e,
         }
     }
@@ -394,6 +441,7 @@ async fn recover(
 /// A connection in use by a response; back to its pool once the response is read.
 pub struct Pooled {
     send: SendRequest<UpstreamBody>,
+    home: usize,
     pool: Arc<ServerPool>,
     settings: PoolSettings,
     /// False for a connection that must not be reused at all (see [`checkout`]).
@@ -411,12 +459,14 @@ impl std::fmt::Debug for Pooled {
 impl Pooled {
     fn new(
         send: SendRequest<UpstreamBody>,
+        home: usize,
         pool: &Arc<ServerPool>,
         authority: &Authority,
         settings: &PoolSettings,
     ) -> Self {
         Pooled {
             send,
+            home,
             pool: Arc::clone(pool),
             settings: *settings,
             pooled: pool.authority == *authority,
@@ -440,6 +490,6 @@ impl Pooled {
 
     /// The response was read to its end: the connection can take the next request.
     pub fn release(self) {
-        self.pool.put(self.send, &self.settings);
+        self.pool.put(self.send, self.home, &self.settings);
     }
 }

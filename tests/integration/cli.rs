@@ -312,7 +312,14 @@ fn the_providers_run_on_their_own_thread_below_the_workers_priority() {
         "[services.a]\nrule = \"PathPrefix:/\"\nservers = [{ url = \"http://127.0.0.1:9\" }]\n",
     );
     let entrypoint = free_addr().to_string();
-    let mut running = Running::start(&["--file.filename", &file.0, "--entrypoint", &entrypoint]);
+    let mut running = Running::start(&[
+        "--file.filename",
+        &file.0,
+        "--entrypoint",
+        &entrypoint,
+        "--workers",
+        "3",
+    ]);
     let deadline = Instant::now() + support::PATIENCE;
     while !running.stderr().contains("entrypoint listening") {
         running.assert_running();
@@ -329,8 +336,14 @@ fn the_providers_run_on_their_own_thread_below_the_workers_priority() {
         let dir = task.expect("task entry").path();
         let comm = std::fs::read_to_string(dir.join("comm")).expect("comm");
         let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        // The main thread is the first worker; the others have a name of their own.
+        let main = dir.file_name().and_then(|n| n.to_str()) == Some(&pid.to_string());
         threads.push((
-            comm.trim().to_owned(),
+            if main {
+                "main".to_owned()
+            } else {
+                comm.trim().to_owned()
+            },
             stat_field(&stat, 19),
             stat_field(&stat, 41),
         ));
@@ -342,9 +355,9 @@ fn the_providers_run_on_their_own_thread_below_the_workers_priority() {
     assert!(!control.is_empty(), "threads: {threads:?}");
     let workers: Vec<_> = threads
         .iter()
-        .filter(|(name, ..)| name.starts_with("tokio-rt-worker"))
+        .filter(|(name, ..)| name == "main" || name == limpet::proxy::WORKER_THREAD_NAME)
         .collect();
-    assert!(!workers.is_empty(), "threads: {threads:?}");
+    assert_eq!(workers.len(), 3, "threads: {threads:?}");
     let worker_nice = workers[0].1;
     assert!(
         workers
@@ -356,4 +369,75 @@ fn the_providers_run_on_their_own_thread_below_the_workers_priority() {
         assert_eq!(*nice, (worker_nice + 10).min(19), "threads: {threads:?}");
         assert_eq!(*policy, SCHED_OTHER, "threads: {threads:?}");
     }
+}
+
+/// The open client connections per worker, as the status page reports them.
+async fn open_per_worker(web: SocketAddr) -> serde_json::Value {
+    let reply = Conn::open(web).await.send(Req::get("/api/stats")).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let stats: serde_json::Value = serde_json::from_str(reply.text()).expect("stats are JSON");
+    stats["workers"]["open_connections"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_clients_spread_evenly_over_the_workers_and_are_served_on_each() {
+    let app = support::spawn_backend("app").await;
+    let file = TempFile::new(
+        "workers",
+        &format!(
+            "[services.app]\nrule = \"PathPrefix:/\"\nservers = [{{ url = \"{}\" }}]\n",
+            app.url
+        ),
+    );
+    let entrypoint = free_addr();
+    let web = free_addr();
+    let (entrypoint_flag, web_flag) = (entrypoint.to_string(), web.to_string());
+    let mut limpet = Running::start(&[
+        "--file.filename",
+        &file.0,
+        "--entrypoint",
+        &entrypoint_flag,
+        "--workers",
+        "3",
+        "--web",
+        "--web.address",
+        &web_flag,
+    ]);
+    eventually("limpet to accept connections", || {
+        std::net::TcpStream::connect(entrypoint).is_ok()
+    })
+    .await;
+    eventually("the status page", || {
+        std::net::TcpStream::connect(web).is_ok()
+    })
+    .await;
+    // The probes above opened and closed connections: wait for the workers to see them go.
+    support::within("the probes' connections to close", async {
+        while open_per_worker(web).await != serde_json::json!([0, 0, 0]) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let mut conn = Conn::open(entrypoint).await;
+        let reply = conn.send(Req::get("/")).await;
+        assert_eq!(reply.status, 200, "client {i}: {reply:?}");
+        clients.push(conn);
+    }
+    assert_eq!(open_per_worker(web).await, serde_json::json!([2, 2, 2]));
+    // Each keeps being served where it is, a second request included.
+    for (i, conn) in clients.iter_mut().enumerate() {
+        let reply = conn.send(Req::get("/again")).await;
+        assert_eq!(reply.status, 200, "client {i}, second request: {reply:?}");
+    }
+    drop(clients);
+    support::within("the workers to count the clients gone", async {
+        while open_per_worker(web).await != serde_json::json!([0, 0, 0]) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    limpet.assert_running();
 }

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use limpet::discovery::{file, Publisher, SharedTable};
-use limpet::proxy::{self, Proxy, ProxySettings, Transport};
+use limpet::proxy::{self, Proxy, ProxySettings, Transport, Workers};
 use limpet::table::spec::Provider;
 use limpet::table::{StickyGlobals, Table};
 use limpet::tls::certs::{self, CertFiles};
@@ -96,6 +96,8 @@ pub async fn spawn_edge(toml: &str, options: EdgeOptions) -> Edge {
         settings.redirect_to_https = Some(tls_addr.port());
     }
     let proxy = Arc::new(Proxy::new(publisher.table(), settings));
+    // Two workers, as on this machine's default: connections move to a second runtime.
+    let workers = Arc::new(Workers::start(2.try_into().unwrap()).expect("start the workers"));
 
     let store = certs::CertStore::load(&options.certificates)
         .unwrap_or_else(|e| panic!("the test's certificates are bad: {e}"));
@@ -110,12 +112,14 @@ pub async fn spawn_edge(toml: &str, options: EdgeOptions) -> Edge {
         tls,
         Transport::Tls(acceptor),
         Arc::clone(&proxy),
+        Arc::clone(&workers),
         std::future::pending(),
     )));
     tasks.push(tokio::spawn(proxy::serve_with(
         plain,
         Transport::Plain { h2c: options.h2c },
         proxy,
+        workers,
         std::future::pending(),
     )));
     Edge {
