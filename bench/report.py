@@ -14,6 +14,7 @@ from pathlib import Path
 PROXIES = ["haproxy", "nginx", "limpet"]
 SIZES = {"100b": "100 B", "64k": "64 KiB", "1m": "1 MiB"}
 MODES = {"1": "1 worker (proxy pinned to CPU 0; wrk and backends on CPU 1)",
+         "scaling": "1 worker, nothing pinned (the baseline for default workers, in their conditions)",
          "default": "default workers (HAProxy: a thread per CPU, nginx: auto, limpet: a thread per CPU; nothing pinned)"}
 SCENARIOS = {"new": "new sessions: no cookie, so every response sets one",
              "pinned": "pinned sessions: every request sends the proxy's own cookie"}
@@ -85,6 +86,8 @@ def throughput(cells: list) -> list:
             out.append(f"{scenario_text}")
             out.append(f"  {'target':<8} {'rps':>10} {'p50':>9} {'p99':>9} {'errors':>7} {'cpu':>7} {'cpu µs/req':>10} {'others':>7}")
             for size, size_text in SIZES.items():
+                if (mode, size, "direct") not in t:
+                    continue
                 out.append(f" {size_text}")
                 out.append(row("direct", t.get((mode, size, "direct"))))
                 for p in PROXIES:
@@ -134,6 +137,15 @@ def targets(cells: list, memory: list) -> list:
                 parts.append(f"{size_text} {ratio(dflt['rps'], one['rps'])}")
         if parts:
             out.append(f"  limpet default/1 worker rps, {scenario}: " + ", ".join(parts))
+    for scenario in SCENARIOS:
+        parts = []
+        for p in PROXIES:
+            one = t.get(("scaling", "100b", scenario, p))
+            dflt = t.get(("default", "100b", scenario, p))
+            if one and dflt:
+                parts.append(f"{p} {ratio(dflt['rps'], one['rps'])}")
+        if parts:
+            out.append(f"  default/1 worker rps, both unpinned, 100 B, {scenario}: " + ", ".join(parts))
     for m in memory:
         if m["target"] == "limpet":
             idle = m["idle_rss_kib"] / 1024

@@ -279,11 +279,13 @@ write_configs() {
 
 LIMPET="${LIMPET_BIN:-$ROOT/target/release/limpet}"
 
-# start_proxy NAME MODE [WRAPPER...]: MODE is 1 (one worker) or default.
+# start_proxy NAME MODE [WRAPPER...]: MODE is 1 (one worker, pinned), scaling (one worker,
+# nothing pinned) or default.
 start_proxy() {
     local name=$1 mode=$2; shift 2
     local pin=()
     [ "$mode" = 1 ] && pin=(taskset -c 0)
+    [ "$mode" = scaling ] && mode=1
     case "$name" in
         limpet)
             local workers=()
@@ -406,7 +408,7 @@ swap_phase() {
 load_line() { log "load average: $(cut -d' ' -f1-3 /proc/loadavg) (before $1)"; echo "$1 $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg.txt"; }
 
 throughput_phase() {
-    local mode=$1 name size scenario
+    local mode=$1 name size scenario sizes=("${SIZES[@]}")
     if [ "$mode" = 1 ]; then
         LOAD_PIN=(taskset -c 1) WRK_THREADS=1
         taskset -a -p -c 1 "${PID_OF[backend]}" >/dev/null
@@ -415,7 +417,14 @@ throughput_phase() {
     else
         LOAD_PIN=() WRK_THREADS=2
         for name in $(pids_of backend); do taskset -a -p -c 0-$(($(nproc) - 1)) "$name" >/dev/null; done
-        log "== default workers: nothing pinned; wrk with 2 threads =="
+        if [ "$mode" = scaling ]; then
+            # What a second worker adds, measured in the default cells' conditions: the
+            # 1-worker cells above give the proxy a core of its own, these do not.
+            sizes=(100b)
+            log "== 1 worker, nothing pinned (the baseline for default workers); wrk with 2 threads, 100 B =="
+        else
+            log "== default workers: nothing pinned; wrk with 2 threads =="
+        fi
     fi
     load_line "mode $mode"
     for name in "${PROXIES[@]}"; do start_proxy "$name" "$mode"; done
@@ -423,7 +432,7 @@ throughput_phase() {
     for name in direct "${PROXIES[@]}"; do warm "$name"; done
     local round
     for round in $(seq 1 "$ROUNDS"); do
-        for size in "${SIZES[@]}"; do
+        for size in "${sizes[@]}"; do
             cell "$mode" "$round" "$size" any direct
             for scenario in new pinned; do
                 for name in "${PROXIES[@]}"; do cell "$mode" "$round" "$size" "$scenario" "$name"; done
@@ -620,6 +629,7 @@ wait_port "$PORT_B" 10 backend
 
 if [ "$THROUGHPUT" = 1 ]; then
     throughput_phase 1
+    throughput_phase scaling
     throughput_phase default
 fi
 [ "$SWAPS" = 1 ] && swap_phase
