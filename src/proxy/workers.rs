@@ -1,10 +1,11 @@
 //! The worker threads that serve client connections, one single-threaded runtime each.
 //!
-//! A connection, its requests and its backend connections stay on the worker that accepted
-//! it. tokio's multi-threaded runtime moved them instead: an idle worker steals ready tasks
-//! from a busy one, and a request's task and its backend connection's task often ran on two
-//! CPUs, each hand-off a cross-CPU wake-up. On two cores, its two workers then served fewer
-//! requests than one did (bench/RESULTS.md). Here the first worker is the runtime that
+//! A connection and its requests stay on the worker it was given, and so do the backend
+//! connections they dial (a worker with none idle borrows another's before dialing; see
+//! `pool`). tokio's multi-threaded runtime moved them instead: an idle worker steals ready
+//! tasks from a busy one, and a request's task and its backend connection's task often ran
+//! on two CPUs, each hand-off a cross-CPU wake-up. On two cores, its two workers then served
+//! fewer requests than one did (bench/RESULTS.md). Here the first worker is the runtime that
 //! accepts (and runs everything else: health checks, TCP and UDP routes, the status page);
 //! the others each run one of their own. Every new connection goes to the worker with the
 //! fewest open, so keep-alive clients spread evenly.
