@@ -122,9 +122,9 @@ impl ServerPool {
         &self.idle[home.min(self.idle.len() - 1)].0
     }
 
-    /// An idle connection ready for a request, if there is one, and its worker: the calling
-    /// worker's own if it has one, else another's, which is still cheaper than a dial.
-    fn take_idle(&self, settings: &PoolSettings) -> Option<(SendRequest<UpstreamBody>, usize)> {
+    /// An idle connection ready for a request, if there is one: the calling worker's own if
+    /// it has one, else another's, which is still cheaper than a dial.
+    fn take_idle(&self, settings: &PoolSettings) -> Option<Conn> {
         let now = Instant::now();
         let here = workers::index().min(self.idle.len() - 1);
         let others = (0..self.idle.len()).filter(|&i| i != here);
@@ -138,7 +138,11 @@ impl ServerPool {
                 {
                     continue;
                 }
-                return Some((entry.send, home));
+                return Some(Conn {
+                    send: entry.send,
+                    home,
+                    reused: true,
+                });
             }
         }
         None
@@ -229,12 +233,8 @@ pub async fn checkout(
     // A server whose address changed under the same identity must not get connections to
     // the old one; its new connections are not pooled (see `Pooled::release`).
     if pool.authority == *authority {
-        if let Some((send, home)) = pool.take_idle(settings) {
-            return Ok(Conn {
-                send,
-                home,
-                reused: true,
-            });
+        if let Some(conn) = pool.take_idle(settings) {
+            return Ok(conn);
         }
     }
     // Boxed: dialing is rare once the pool is warm, and its future (resolve, connect,
@@ -332,33 +332,22 @@ pub fn send<'a>(
     pool: &'a Arc<ServerPool>,
     authority: &'a Authority,
     settings: &'a PoolSettings,
-    conn: Conn,
+    mut conn: Conn,
     req: Request<UpstreamBody>,
     replay: Replay<'a>,
 ) -> impl Future<Output = Result<(Response<Incoming>, Pooled), SendError>> + 'a {
     // Not an `async fn` nor an async block: either would keep hyper's future twice, once as
     // captured and once as awaited, and every request's future would be larger by that.
     let uri = replay.map(|_| req.uri().clone());
-    let Conn {
-        mut send,
-        home,
-        reused,
-    } = conn;
-    let sending = send.try_send_request(req);
+    let sending = conn.send.try_send_request(req);
     sending.then(move |result| match result {
         Ok(response) => future::Either::Left(future::ready(Ok((
             response,
-            Pooled::new(send, home, pool, authority, settings),
+            Pooled::new(conn, pool, authority, settings),
         )))),
         // Boxed: rare, and every request's future would otherwise carry its state.
         Err(failed) => {
-            let lost = Lost {
-                send,
-                home,
-                reused,
-                failed,
-                uri,
-            };
+            let lost = Lost { conn, failed, uri };
             future::Either::Right(Box::pin(recover(pool, authority, settings, lost, replay)))
         }
     })
@@ -366,9 +355,7 @@ pub fn send<'a>(
 
 /// What is left of an exchange that failed.
 struct Lost {
-    send: SendRequest<UpstreamBody>,
-    home: usize,
-    reused: bool,
+    conn: Conn,
     failed: TrySendError<Request<UpstreamBody>>,
     /// The request's target, to send it again (see [`Replay`]).
     uri: Option<Uri>,
@@ -384,9 +371,7 @@ async fn recover(
     replay: Replay<'_>,
 ) -> Result<(Response<Incoming>, Pooled), SendError> {
     let Lost {
-        mut send,
-        mut home,
-        mut reused,
+        mut conn,
         mut failed,
         mut uri,
     } = lost;
@@ -395,11 +380,16 @@ async fn recover(
         let req = match failed.take_message() {
             // Released when its response ended but not yet ready again: its connection
             // task had not caught up. It becomes ready, or turns out closed.
-            Some(back) if reused && !waited && !send.is_closed() && send.ready().await.is_ok() => {
+            Some(back)
+                if conn.reused
+                    && !waited
+                    && !conn.send.is_closed()
+                    && conn.send.ready().await.is_ok() =>
+            {
                 waited = true;
-                match send.try_send_request(back).await {
+                match conn.send.try_send_request(back).await {
                     Ok(response) => {
-                        return Ok((response, Pooled::new(send, home, pool, authority, settings)))
+                        return Ok((response, Pooled::new(conn, pool, authority, settings)))
                     }
                     Err(e) => {
                         failed = e;
@@ -407,13 +397,13 @@ async fn recover(
                     }
                 }
             }
-            Some(back) if reused => back,
+            Some(back) if conn.reused => back,
             Some(_) => return Err(SendError::Unsent(failed.into_error())),
             None => {
                 let error = failed.into_error();
                 let empty_reply = error.is_incomplete_message() || error.is_canceled();
                 match (replay, uri.take()) {
-                    (Some((method, headers)), Some(uri)) if reused && empty_reply => {
+                    (Some((method, headers)), Some(uri)) if conn.reused && empty_reply => {
                         tracing::debug!(backend = %authority, error = %error, "reused backend connection closed without a response; sending again on a new one");
                         let mut again =
                             Request::new(UpstreamBody::Right(http_body_util::Empty::new()));
@@ -426,13 +416,10 @@ async fn recover(
                 }
             }
         };
-        Conn { send, home, .. } = dial(authority, settings).await?;
-        reused = false;
+        conn = dial(authority, settings).await?;
         uri = replay.map(|_| req.uri().clone());
-        match send.try_send_request(req).await {
-            Ok(response) => {
-                return Ok((response, Pooled::new(send, home, pool, authority, settings)))
-            }
+        match conn.send.try_send_request(req).await {
+            Ok(response) => return Ok((response, Pooled::new(conn, pool, authority, settings))),
             Err(e) => failed = e,
         }
     }
@@ -458,15 +445,14 @@ impl std::fmt::Debug for Pooled {
 
 impl Pooled {
     fn new(
-        send: SendRequest<UpstreamBody>,
-        home: usize,
+        conn: Conn,
         pool: &Arc<ServerPool>,
         authority: &Authority,
         settings: &PoolSettings,
     ) -> Self {
         Pooled {
-            send,
-            home,
+            send: conn.send,
+            home: conn.home,
             pool: Arc::clone(pool),
             settings: *settings,
             pooled: pool.authority == *authority,
