@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use limpet::discovery::{file, Publisher, SharedTable};
-use limpet::proxy::{self, Proxy, ProxySettings, Transport, Workers};
+use limpet::proxy::{self, Proxy, ProxySettings, Transport};
 use limpet::table::spec::Provider;
 use limpet::table::{StickyGlobals, Table};
 use limpet::tls::certs::{self, CertFiles};
@@ -96,8 +96,7 @@ pub async fn spawn_edge(toml: &str, options: EdgeOptions) -> Edge {
         settings.redirect_to_https = Some(tls_addr.port());
     }
     let proxy = Arc::new(Proxy::new(publisher.table(), settings));
-    // Two workers, as on this machine's default: connections move to a second runtime.
-    let workers = Arc::new(Workers::start(2.try_into().unwrap()).expect("start the workers"));
+    let workers = super::two_workers();
 
     let store = certs::CertStore::load(&options.certificates)
         .unwrap_or_else(|e| panic!("the test's certificates are bad: {e}"));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use limpet::discovery::{file, Publisher, SharedTable};
-use limpet::proxy::{self, Proxy, ProxySettings, Workers};
+use limpet::proxy::{self, Proxy, ProxySettings};
 use limpet::table::spec::Provider;
 use limpet::table::StickyGlobals;
 use limpet::table::Table;
@@ -94,8 +94,7 @@ pub async fn spawn_limpet(toml: &str, options: Options) -> Limpet {
     let addr = listener.local_addr().expect("limpet's address");
     let proxy = Arc::new(Proxy::new(publisher.table(), options.proxy));
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    // Two workers, as on this machine's default: connections move to a second runtime.
-    let workers = Arc::new(Workers::start(2.try_into().unwrap()).expect("start the workers"));
+    let workers = super::two_workers();
     let transport = proxy::Transport::Plain { h2c: false };
     let served = tokio::spawn(proxy::serve_with(
         listener,

@@ -33,6 +33,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// something is broken, and a busy 2-core machine must never reach it otherwise.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// Two workers, as on this machine's default: the harness's connections then move to a second
+/// runtime, as the binary's do.
+pub fn two_workers() -> std::sync::Arc<::limpet::proxy::Workers> {
+    let two = std::num::NonZeroUsize::new(2).expect("two is not zero");
+    std::sync::Arc::new(::limpet::proxy::Workers::start(two).expect("start the workers"))
+}
+
 /// Awaits `future`, failing the test with `what` if it takes longer than [`PATIENCE`].
 pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
     match tokio::time::timeout(PATIENCE, future).await {
