@@ -18,7 +18,8 @@ pub struct RuntimeThread {
 
 impl RuntimeThread {
     /// Starts a thread named `name` that runs `setup`, then its runtime until dropped. The
-    /// runtime's blocking pool gets the same name, so that `top -H` tells its threads apart.
+    /// runtime's blocking pool gets the same name: its threads do this thread's work (the
+    /// control plane's file reads), and `top -H` then counts them with it.
     pub fn start(name: &str, setup: impl FnOnce() + Send + 'static) -> io::Result<Self> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
