@@ -14,10 +14,7 @@ fn main() -> ExitCode {
     init_logging(config.log);
     // The first worker: `run` starts the others, each with a runtime of its own (see
     // `proxy::Workers`).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match limpet::threads::runtime_builder().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("limpet: cannot start the runtime: {e}");

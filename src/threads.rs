@@ -5,9 +5,25 @@
 use std::future::Future;
 use std::io;
 
-use tokio::runtime::Handle;
+use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// The builder of every runtime limpet runs, the first worker's included: single-threaded,
+/// with I/O and timers.
+///
+/// tokio polls for I/O after every 61 task polls by default. A proxied request takes about
+/// seven, so a saturated worker looked at its sockets every nine requests or so, and each
+/// look ended in a small burst of writes that woke peers which had fallen asleep since the
+/// last one. HAProxy runs up to 200 tasks between polls. At 256, wake-ups of the peers per
+/// request halved (0.25 to 0.12, HAProxy's is 0.13) and 1-worker throughput rose about 2 %
+/// (bench/RESULTS.md). A worker whose run queue empties still polls at once, so an idle or
+/// lightly loaded one answers as soon as before.
+pub fn runtime_builder() -> Builder {
+    let mut builder = Builder::new_current_thread();
+    builder.enable_all().event_interval(256);
+    builder
+}
 
 /// Owns the thread; dropping it stops the runtime, cancelling the tasks spawned on it.
 #[derive(Debug)]
@@ -28,11 +44,7 @@ impl RuntimeThread {
             .name(name.into())
             .spawn(move || {
                 setup();
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .thread_name(thread_name)
-                    .build()
-                {
+                let runtime = match runtime_builder().thread_name(thread_name).build() {
                     Ok(runtime) => runtime,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
