@@ -21,6 +21,8 @@ usage() {
 Options:
   --quick           2 s per cell, fewer requests in the cost phase, 2,000 idle connections
   --no-build        use target/release/limpet as it is (default: cargo build --release)
+  --pgo             measure limpet's profile-guided build, target/pgo/limpet, made by
+                    scripts/build-pgo.sh (unless --no-build too)
   --duration SECS   seconds of load per cell (default 5; --quick: 2)
   --conns N         keep-alive connections per cell (default 50)
   --idle N          idle client connections for the memory figure (default 10000)
@@ -46,12 +48,13 @@ EOF
 }
 
 ARGS="$*"
-QUICK=0 BUILD=1 DURATION="" CONNS=50 IDLE="" THROUGHPUT=1 MEMORY=1 COST=1 CALLGRIND=1 PROFILE=0
+QUICK=0 BUILD=1 PGO=0 DURATION="" CONNS=50 IDLE="" THROUGHPUT=1 MEMORY=1 COST=1 CALLGRIND=1 PROFILE=0
 ROUNDS=1 WAIT_QUIET=0 NICE="" SWAPS=1 SWAP_SERVICES=1000 SWAP_RATE=10 ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --no-build) BUILD=0 ;;
+        --pgo) PGO=1 ;;
         --duration) DURATION=$2; shift ;;
         --conns) CONNS=$2; shift ;;
         --idle) IDLE=$2; shift ;;
@@ -277,7 +280,11 @@ write_configs() {
 
 # ---------------------------------------------------------------- starting the proxies
 
-LIMPET="${LIMPET_BIN:-$ROOT/target/release/limpet}"
+if [ "$PGO" = 1 ]; then
+    LIMPET="${LIMPET_BIN:-$ROOT/target/pgo/limpet}"
+else
+    LIMPET="${LIMPET_BIN:-$ROOT/target/release/limpet}"
+fi
 
 # start_proxy NAME MODE [WRAPPER...]: MODE is 1 (one worker, pinned), scaling (one worker,
 # nothing pinned) or default.
@@ -607,7 +614,10 @@ if [ -n "$NICE" ]; then
     log "running at niceness $NICE ($(cat "/proc/$$/autogroup" 2>/dev/null || echo 'no autogroup'))"
 fi
 
-if [ "$BUILD" = 1 ]; then
+if [ "$BUILD" = 1 ] && [ "$PGO" = 1 ]; then
+    log "building limpet (scripts/build-pgo.sh)"
+    "$ROOT/scripts/build-pgo.sh" || die "scripts/build-pgo.sh failed"
+elif [ "$BUILD" = 1 ]; then
     log "building limpet (cargo build --release)"
     (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
 fi
@@ -618,7 +628,7 @@ fi
     echo "command: bench/run.sh $ARGS"
     echo "options: duration=${DURATION}s conns=$CONNS rounds=$ROUNDS wait-quiet=${WAIT_QUIET}s nice=${NICE:-0} idle=$IDLE quick=$QUICK"
     echo "machine: $(nproc) CPUs ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
-    echo "limpet: $(cd "$ROOT" && git log -1 --format=%h -- src Cargo.toml Cargo.lock 2>/dev/null || echo unknown) (last commit touching src/ and Cargo.*; HEAD $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null))$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', with uncommitted changes')"
+    echo "limpet: $(cd "$ROOT" && git log -1 --format=%h -- src Cargo.toml Cargo.lock 2>/dev/null || echo unknown) (last commit touching src/ and Cargo.*; HEAD $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null))$([ "$PGO" = 1 ] && echo ', profile-guided build')$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', with uncommitted changes')"
     echo "haproxy: $(haproxy -v | head -1 | cut -d' ' -f3)  nginx: $(nginx -v 2>&1 | cut -d/ -f2)  wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f2)"
 } >"$OUT/meta.txt"
 

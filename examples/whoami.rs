@@ -14,7 +14,8 @@
 //! ```
 //!
 //! `?delay=<ms>` answers that much later (at most 10 s), so that requests can be in flight when
-//! the container is told to stop.
+//! the container is told to stop. `?bytes=<n>` pads the answer with dots to `n` bytes (at most
+//! 16 MiB), for bodies of a chosen size (`scripts/build-pgo.sh` trains on them).
 //!
 //! `/healthz` answers 200 while healthy and 503 otherwise (`--health fail` starts it failing).
 //! `--probe` is a health check that needs no shell, for `HEALTHCHECK CMD ["/whoami",
@@ -178,14 +179,22 @@ async fn main() -> std::io::Result<()> {
 /// A `delay=<ms>` query parameter (at most 10 s): a slow request, to have requests in flight
 /// when a stop signal comes.
 fn delay(req: &Request<Incoming>) -> Option<Duration> {
-    let ms: u64 = req
-        .uri()
+    let ms: u64 = query_number(req, "delay")?;
+    Some(Duration::from_millis(ms.min(10_000)))
+}
+
+/// A `bytes=<n>` query parameter (at most 16 MiB): the size to pad the answer to.
+fn padded_size(req: &Request<Incoming>) -> Option<usize> {
+    Some(query_number::<usize>(req, "bytes")?.min(16 << 20))
+}
+
+fn query_number<T: std::str::FromStr>(req: &Request<Incoming>, key: &str) -> Option<T> {
+    req.uri()
         .query()?
         .split('&')
-        .find_map(|pair| pair.strip_prefix("delay="))?
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))?
         .parse()
-        .ok()?;
-    Some(Duration::from_millis(ms.min(10_000)))
+        .ok()
 }
 
 /// `/healthz` and its two switches; `None` for every other request.
@@ -284,7 +293,11 @@ fn answer(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             ));
         }
     }
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+    let mut body = text.into_bytes();
+    if let Some(size) = padded_size(req) {
+        body.resize(size, b'.');
+    }
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
