@@ -18,6 +18,11 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Writes at least this long go out at once: one is a burst by itself, and holding it back
+/// let the next backend read join it, which made writes of 128 KiB that the client then
+/// received later (1 MiB responses were served 5–10 % slower).
+const LARGE: usize = 32 * 1024;
+
 pub struct Batched<IO> {
     io: IO,
     /// This write has already yielded once and now goes out.
@@ -30,8 +35,8 @@ impl<IO> Batched<IO> {
     }
 
     /// Ready when the write may go: after one trip to the back of the run queue per write.
-    fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.yielded {
+    fn poll_turn(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<()> {
+        if self.yielded || len >= LARGE {
             self.yielded = false;
             return Poll::Ready(());
         }
@@ -57,7 +62,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Batched<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.poll_turn(cx));
+        std::task::ready!(self.poll_turn(cx, buf.len()));
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -66,7 +71,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Batched<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.poll_turn(cx));
+        std::task::ready!(self.poll_turn(cx, bufs.iter().map(|b| b.len()).sum()));
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -118,5 +123,23 @@ mod tests {
         let mut got = [0u8; 5];
         far.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_large_write_goes_out_at_once() {
+        let (near, mut far) = tokio::io::duplex(2 * LARGE);
+        let mut batched = Batched::new(near);
+        let data = vec![7u8; LARGE];
+        let polled = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(Pin::new(&mut batched).poll_write(cx, &data))
+        })
+        .await;
+        assert!(
+            matches!(polled, Poll::Ready(Ok(n)) if n == LARGE),
+            "a write of {LARGE} bytes was held back: {polled:?}"
+        );
+        let mut got = vec![0u8; LARGE];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, data);
     }
 }
