@@ -37,18 +37,8 @@ done
 [ -x "$LIMPET" ] || { echo "paired.sh: no limpet binary at $LIMPET (cargo build --release)" >&2; exit 1; }
 LIMPET_PORT=$((BASE + 20)) HAPROXY_PORT=$((BASE + 30)) NGINX_PORT=$((BASE + 40))
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "paired.sh: nothing listens on port $1" >&2
-    exit 1
-}
+# shellcheck source=../scripts/children.sh
+. "$ROOT/scripts/children.sh"
 
 taskset -c 1 nginx -p "$RUN" -e "$RUN/backend.err" -c "$RUN/backend.conf" &
 PIDS+=("$!")

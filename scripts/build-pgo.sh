@@ -98,16 +98,8 @@ whoami=$(cargo metadata --format-version 1 --no-deps |
 
 BASE=${PGO_PORT_BASE:-19280}
 HTTP=$((BASE)) HTTPS=$((BASE + 1)) B1=$((BASE + 11)) B2=$((BASE + 12))
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on port $1"
-}
+# shellcheck source=children.sh
+. "$ROOT/scripts/children.sh"
 
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=pgo.test \
     -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1 ||
