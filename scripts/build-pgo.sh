@@ -71,12 +71,15 @@ for tool in wrk:wrk h2load:nghttp2-client openssl:openssl; do
         die "needs ${tool%%:*} (Debian package ${tool#*:})"
 done
 
-triple="$(uname -m)-unknown-linux-gnu"
 base_flags=${RUSTFLAGS:-}
 target_args=()
+# Where cargo puts the binary under a target directory: a --target build goes one deeper.
+release=release
 if [ "$STATIC" = 1 ]; then
+    triple="$(uname -m)-unknown-linux-gnu"
     base_flags="$base_flags -C target-feature=+crt-static"
     target_args=(--target "$triple")
+    release=$triple/release
 fi
 work=$ROOT/target/pgo
 profiles=$work/profiles
@@ -86,11 +89,7 @@ mkdir -p "$profiles" "$(dirname "$OUT")"
 log "instrumented build (cargo build --release, -Cprofile-generate)"
 RUSTFLAGS="$base_flags -Cprofile-generate=$profiles/build" \
     cargo build --release --locked --quiet "${target_args[@]}" --target-dir "$work/generate" --bin limpet
-if [ "$STATIC" = 1 ]; then
-    instrumented=$work/generate/$triple/release/limpet
-else
-    instrumented=$work/generate/release/limpet
-fi
+instrumented=$work/generate/$release/limpet
 # The backends are the example whoami from the ordinary build: only limpet is profiled.
 cargo build --release --locked --quiet --example whoami
 whoami=$(cargo metadata --format-version 1 --no-deps |
@@ -161,9 +160,5 @@ ls "$profiles"/limpet-*.profraw >/dev/null 2>&1 || die "the instrumented limpet 
 log "optimised build (cargo build --release, -Cprofile-use)"
 RUSTFLAGS="$base_flags -Cprofile-use=$work/limpet.profdata" \
     cargo build --release --locked --quiet "${target_args[@]}" --target-dir "$work/use" --bin limpet
-if [ "$STATIC" = 1 ]; then
-    cp "$work/use/$triple/release/limpet" "$OUT"
-else
-    cp "$work/use/release/limpet" "$OUT"
-fi
+cp "$work/use/$release/limpet" "$OUT"
 log "built $OUT"
