@@ -128,6 +128,7 @@ impl Builder {
         }
         self.states.built();
         Table {
+            index: super::index::RouterIndex::new(&routers),
             routers: routers.into_boxed_slice(),
             services: services.into_boxed_slice(),
             readiness,

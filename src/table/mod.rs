@@ -4,6 +4,7 @@
 //! an `ArcSwap`; the data plane loads the current one once per request and never waits.
 //! A table is immutable except for the balancers' cursors, which are atomics.
 
+pub mod index;
 pub mod l4;
 pub mod pace;
 pub mod rule;
@@ -42,6 +43,8 @@ pub enum Readiness {
 pub struct Table {
     /// Ordered: first match wins.
     pub routers: Box<[Router]>,
+    /// Which of `routers` a request's host can match.
+    pub index: index::RouterIndex,
     /// Shared with the tables before and after while unchanged: a rebuild for one edit
     /// touches one reference count per service, not each service's fields.
     pub services: Box<[Arc<Service>]>,
@@ -165,6 +168,7 @@ impl Table {
     pub fn loading() -> Self {
         Self {
             routers: Box::new([]),
+            index: index::RouterIndex::default(),
             services: Box::new([]),
             readiness: Readiness::Loading,
             l4: Box::new([]),
@@ -174,8 +178,9 @@ impl Table {
     /// The first router whose rule matches; routers that require TLS only match requests
     /// that came over TLS.
     pub fn route(&self, req: &RequestFacts<'_>) -> Option<&Router> {
-        self.routers
-            .iter()
+        self.index
+            .candidates(req.host)
+            .map(|i| &self.routers[i])
             .find(|r| (req.tls || !r.tls) && r.rule.rule.matches(req))
     }
 
