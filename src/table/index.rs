@@ -19,42 +19,64 @@ use super::Router;
 /// Built with the table, from its routers in their final order.
 #[derive(Debug, Default)]
 pub struct RouterIndex {
-    /// A host, lowercase, to the range of `positions` holding the routers that require it.
-    /// std's hasher is kept on purpose: the request chooses the key.
-    by_host: HashMap<Arc<str>, (u32, u32)>,
-    /// Router positions, ascending within each host's range.
-    positions: Box<[u32]>,
+    /// A host, lowercase, to the routers that require it. std's hasher is kept on purpose:
+    /// the request chooses the key.
+    by_host: HashMap<Arc<str>, Routers>,
     /// Routers whose rule does not pin the host, ascending.
     any_host: Box<[u32]>,
 }
 
+/// Router positions, ascending. Nearly every host has one router, and a table of thousands
+/// is rebuilt for each edit, so one needs no allocation of its own.
+#[derive(Debug)]
+enum Routers {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Routers {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Routers::One(position) => std::slice::from_ref(position),
+            Routers::Many(positions) => positions,
+        }
+    }
+
+    fn push(&mut self, position: u32) {
+        match self {
+            // Positions come in ascending order; a rule naming a host twice gives one entry.
+            Routers::One(p) if *p == position => {}
+            Routers::One(p) => *self = Routers::Many(vec![*p, position]),
+            Routers::Many(v) if v.last() == Some(&position) => {}
+            Routers::Many(v) => v.push(position),
+        }
+    }
+}
+
 impl RouterIndex {
     pub fn new(routers: &[Router]) -> Self {
-        let mut pairs: Vec<(&Arc<str>, u32)> = Vec::new();
+        let mut by_host: HashMap<Arc<str>, Routers> = HashMap::new();
         let mut any_host = Vec::new();
         let mut hosts = Vec::new();
         for (position, router) in routers.iter().enumerate() {
             let position = u32::try_from(position).expect("fewer than 2^32 routers");
             hosts.clear();
-            if required_hosts(&router.rule.rule, &mut hosts) {
-                pairs.extend(hosts.iter().map(|&h| (h, position)));
-            } else {
+            if !required_hosts(&router.rule.rule, &mut hosts) {
                 any_host.push(position);
+                continue;
             }
-        }
-        // By host, then position; a rule naming a host twice gives one entry.
-        pairs.sort_unstable();
-        pairs.dedup();
-        let mut by_host = HashMap::with_capacity(pairs.len());
-        let mut positions = Vec::with_capacity(pairs.len());
-        for group in pairs.chunk_by(|a, b| a.0 == b.0) {
-            let start = positions.len() as u32;
-            positions.extend(group.iter().map(|&(_, p)| p));
-            by_host.insert(Arc::clone(group[0].0), (start, group.len() as u32));
+            if by_host.capacity() == 0 {
+                by_host.reserve(routers.len() - position as usize);
+            }
+            for &host in &hosts {
+                by_host
+                    .entry(Arc::clone(host))
+                    .and_modify(|found| found.push(position))
+                    .or_insert(Routers::One(position));
+            }
         }
         Self {
             by_host,
-            positions: positions.into_boxed_slice(),
             any_host: any_host.into_boxed_slice(),
         }
     }
@@ -89,10 +111,7 @@ impl RouterIndex {
         } else {
             self.by_host.get(host)
         };
-        match found {
-            Some(&(start, len)) => &self.positions[start as usize..(start + len) as usize],
-            None => &[],
-        }
+        found.map_or(&[], Routers::as_slice)
     }
 }
 
@@ -251,7 +270,13 @@ mod tests {
         );
         assert_eq!(index.candidates("s1.example").collect::<Vec<_>>(), [1, 500]);
         // A host required next to other matchers is indexed too.
-        assert_eq!(index.candidates("t.example").collect::<Vec<_>>(), [500, 1001]);
-        assert_eq!(index.candidates("v.example").collect::<Vec<_>>(), [500, 1002]);
+        assert_eq!(
+            index.candidates("t.example").collect::<Vec<_>>(),
+            [500, 1001]
+        );
+        assert_eq!(
+            index.candidates("v.example").collect::<Vec<_>>(),
+            [500, 1002]
+        );
     }
 }
