@@ -2,6 +2,7 @@
 //! the name the client asks for (SNI), the first one being the default, and reloaded when
 //! the files change. A bad reload keeps the certificates in use and logs why.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,11 @@ pub enum CertError {
 #[derive(Debug)]
 pub struct CertStore {
     entries: Vec<Arc<CertifiedKey>>,
+    /// A DNS name of the certificates' (lowercase) to the first entry that names it, so
+    /// that a handshake does not parse every certificate in turn to find its own.
+    exact: HashMap<Box<str>, usize>,
+    /// The same for wildcard names, keyed by what follows `*.`.
+    wildcard: HashMap<Box<str>, usize>,
 }
 
 impl CertStore {
@@ -55,23 +61,67 @@ impl CertStore {
             .iter()
             .map(|f| load_pair(f).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { entries })
+        let (mut exact, mut wildcard) = (HashMap::new(), HashMap::new());
+        for (i, entry) in entries.iter().enumerate() {
+            let Some(ee) = entry
+                .end_entity_cert()
+                .ok()
+                .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+            else {
+                continue;
+            };
+            for name in ee.valid_dns_names() {
+                let name = name.to_ascii_lowercase();
+                let (map, key) = match name.strip_prefix("*.") {
+                    Some(parent) => (&mut wildcard, parent.into()),
+                    None => (&mut exact, name.into_boxed_str()),
+                };
+                map.entry(key).or_insert(i);
+            }
+        }
+        Ok(Self {
+            entries,
+            exact,
+            wildcard,
+        })
     }
 
     /// The certificate valid for `name`, or the default one: a client that sends no SNI, or
     /// one limpet has no certificate for, still gets an answer (and its own error).
     fn choose(&self, name: Option<&str>) -> Arc<CertifiedKey> {
-        let chosen = name
-            .and_then(|n| ServerName::try_from(n).ok())
-            .and_then(|n| {
-                self.entries.iter().find(|ck| {
-                    ck.end_entity_cert().is_ok_and(|der| {
-                        webpki::EndEntityCert::try_from(der)
-                            .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&n).is_ok())
-                    })
-                })
-            });
+        let chosen = match name {
+            Some(name) if self.entries.len() > 1 => self.valid_for(name),
+            _ => None,
+        };
         Arc::clone(chosen.unwrap_or(&self.entries[0]))
+    }
+
+    /// The first certificate valid for `name`. The name maps find the candidates; webpki
+    /// still decides, as its documentation asks of anyone choosing by presented names.
+    fn valid_for(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
+        let reference = ServerName::try_from(name).ok()?;
+        let verifies = |ck: &Arc<CertifiedKey>| {
+            ck.end_entity_cert().is_ok_and(|der| {
+                webpki::EndEntityCert::try_from(der)
+                    .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&reference).is_ok())
+            })
+        };
+        if !matches!(reference, ServerName::DnsName(_)) {
+            // An IP address (which SNI should never carry): no map holds those.
+            return self.entries.iter().find(|ck| verifies(ck));
+        }
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let exact = self.exact.get(name.as_str()).copied();
+        let wildcard = name
+            .split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent).copied());
+        let mut candidates = [exact, wildcard];
+        candidates.sort_unstable_by_key(|c| c.unwrap_or(usize::MAX));
+        candidates
+            .into_iter()
+            .flatten()
+            .map(|i| &self.entries[i])
+            .find(|ck| verifies(ck))
     }
 }
 

@@ -157,6 +157,42 @@ async fn sni_chooses_the_certificate_and_other_names_get_the_default() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_several_certificates_valid_for_a_name_the_first_listed_wins() {
+    let backend = spawn_backend("a").await;
+    let certs = certs("order");
+    // An exact name listed after a wildcard that covers it, and the reverse.
+    let exact_late = certs.ca.server("exact-late", &["x.wild.test"]);
+    let exact_early = certs.ca.server("exact-early", &["y.wild.test", "APP.test"]);
+    let edge = spawn_edge(
+        &format!(
+            "[services.web]\nrule = \"PathPrefix:/\"\nservers = {}\n",
+            servers(&[&backend.url])
+        ),
+        EdgeOptions::new(vec![
+            certs.default.files.clone(),
+            exact_early.files.clone(),
+            certs.wild.files.clone(),
+            exact_late.files.clone(),
+            certs.app.files.clone(),
+        ]),
+    )
+    .await;
+    for (sni, leaf) in [
+        ("x.wild.test", &certs.wild),
+        ("y.wild.test", &exact_early),
+        ("z.wild.test", &certs.wild),
+        // Names compare without regard to case, in the certificate as in the request.
+        ("app.test", &exact_early),
+        ("App.Test", &exact_early),
+    ] {
+        assert!(
+            certificate_for(&edge, sni).await == leaf.der,
+            "{sni}: wrong certificate"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_h2_and_http11_both_reach_the_backend_as_https() {
     let backend = spawn_backend("a").await;
     let certs = certs("alpn");
