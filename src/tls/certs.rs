@@ -63,11 +63,7 @@ impl CertStore {
             .collect::<Result<Vec<_>, _>>()?;
         let (mut exact, mut wildcard) = (HashMap::new(), HashMap::new());
         for (i, entry) in entries.iter().enumerate() {
-            let Some(ee) = entry
-                .end_entity_cert()
-                .ok()
-                .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
-            else {
+            let Some(ee) = end_entity(entry) else {
                 continue;
             };
             for name in ee.valid_dns_names() {
@@ -101,10 +97,7 @@ impl CertStore {
     fn valid_for(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
         let reference = ServerName::try_from(name).ok()?;
         let verifies = |ck: &Arc<CertifiedKey>| {
-            ck.end_entity_cert().is_ok_and(|der| {
-                webpki::EndEntityCert::try_from(der)
-                    .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&reference).is_ok())
-            })
+            end_entity(ck).is_some_and(|ee| ee.verify_is_valid_for_subject_name(&reference).is_ok())
         };
         if !matches!(reference, ServerName::DnsName(_)) {
             // An IP address (which SNI should never carry): no map holds those.
@@ -123,6 +116,12 @@ impl CertStore {
             .map(|i| &self.entries[i])
             .find(|ck| verifies(ck))
     }
+}
+
+/// The leaf certificate of `ck`, parsed for its names.
+fn end_entity(ck: &CertifiedKey) -> Option<webpki::EndEntityCert<'_>> {
+    let der = ck.end_entity_cert().ok()?;
+    webpki::EndEntityCert::try_from(der).ok()
 }
 
 fn load_pair(files: &CertFiles) -> Result<CertifiedKey, CertError> {
