@@ -55,7 +55,7 @@ impl Routers {
 
 impl RouterIndex {
     pub fn new(routers: &[Router]) -> Self {
-        let mut by_host: HashMap<Arc<str>, Routers> = HashMap::new();
+        let mut by_host: HashMap<Arc<str>, Routers> = HashMap::with_capacity(routers.len());
         let mut any_host = Vec::new();
         let mut hosts = Vec::new();
         for (position, router) in routers.iter().enumerate() {
@@ -64,9 +64,6 @@ impl RouterIndex {
             if !required_hosts(&router.rule.rule, &mut hosts) {
                 any_host.push(position);
                 continue;
-            }
-            if by_host.capacity() == 0 {
-                by_host.reserve(routers.len() - position as usize);
             }
             for &host in &hosts {
                 by_host
