@@ -228,25 +228,13 @@ wait_quiet() {
 # ---------------------------------------------------------------- tools
 
 ensure_tools() {
-    local -A package=([haproxy]=haproxy [nginx]=nginx-light [wrk]=wrk [h2load]=nghttp2-client
-                      [curl]=curl [taskset]=util-linux [python3]=python3)
-    [ "$COST" = 1 ] && [ "$CALLGRIND" = 1 ] && package[valgrind]=valgrind
-    [ "$PROFILE" = 1 ] && package[perf]=linux-perf
-    local missing=() tool
-    for tool in "${!package[@]}"; do
-        command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("${package[$tool]}")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        local sudo=""
-        [ "$(id -u)" = 0 ] || sudo=sudo
-        log "installing from Debian: ${missing[*]}"
-        $sudo apt-get update
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
-        # The packages start their services; this benchmark runs its own instances.
-        for tool in haproxy nginx; do
-            $sudo service "$tool" stop >/dev/null 2>&1 || true
-        done
-    fi
+    local wanted=(haproxy=haproxy nginx=nginx-light wrk=wrk h2load=nghttp2-client curl=curl
+                  taskset=util-linux python3=python3)
+    [ "$COST" = 1 ] && [ "$CALLGRIND" = 1 ] && wanted+=(valgrind=valgrind)
+    [ "$PROFILE" = 1 ] && wanted+=(perf=linux-perf)
+    # shellcheck source=../scripts/debian.sh
+    . "$ROOT/scripts/debian.sh"
+    debian_install "${wanted[@]}" || die "cannot install what the benchmark needs (${wanted[*]}: tool=Debian package)"
     export PATH="$PATH:/usr/sbin:/sbin"
 }
 

@@ -36,15 +36,8 @@ done
 log() { printf 'build-pgo: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-# install_debian PACKAGE...: apt-get install, when this is a Debian machine and we are root.
-install_debian() {
-    command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] || return 1
-    log "installing $* (Debian)"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1; then
-        apt-get update -qq >/dev/null 2>&1 || true
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1
-    fi
-}
+# shellcheck source=debian.sh
+. "$ROOT/scripts/debian.sh"
 
 # The profile's format follows LLVM's version, so llvm-profdata must be rustc's LLVM's.
 llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
@@ -64,12 +57,10 @@ find_profdata() {
     return 1
 }
 profdata=$(find_profdata) ||
-    { install_debian "llvm-$llvm_major" && profdata=$(find_profdata); } ||
+    { debian_install "llvm-profdata-$llvm_major=llvm-$llvm_major" && profdata=$(find_profdata); } ||
     die "needs llvm-profdata of LLVM $llvm_major, rustc's: apt-get install llvm-$llvm_major, or rustup component add llvm-tools"
-for tool in wrk:wrk h2load:nghttp2-client openssl:openssl; do
-    command -v "${tool%%:*}" >/dev/null || install_debian "${tool#*:}" ||
-        die "needs ${tool%%:*} (Debian package ${tool#*:})"
-done
+debian_install wrk=wrk h2load=nghttp2-client openssl=openssl ||
+    die "needs wrk, h2load and openssl (Debian packages wrk, nghttp2-client, openssl)"
 
 base_flags=${RUSTFLAGS:-}
 target_args=()

@@ -33,19 +33,13 @@ for component in rustfmt clippy; do
     fi
 done
 
-# Real peers some tests talk to: h2load (tests/integration/tls.rs) and redis-server (tests/integration/l4.rs). They
-# come from Debian; on a machine without them the tests print SKIPPED for that part.
-missing=()
-command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
-command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
-if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    printf '\n%s==> apt-get install %s%s\n' "$bold" "${missing[*]}" "$reset"
-    # No package services: the tests start their own instances on free ports.
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } ||
-        echo "test.sh: could not install ${missing[*]}; the tests that need them will say SKIPPED" >&2
-    rm -f /usr/sbin/policy-rc.d
-fi
+# Real peers some tests talk to: h2load (tests/integration/tls.rs) and redis-server
+# (tests/integration/l4.rs). They come from Debian; on a machine without them the tests print
+# SKIPPED for that part.
+# shellcheck source=scripts/debian.sh
+. scripts/debian.sh
+debian_install h2load=nghttp2-client redis-server=redis-server ||
+    echo "test.sh: no h2load or redis-server; the tests that need them will say SKIPPED" >&2
 
 # A clean CI checkout gains nothing from incremental builds, and their caches would be the
 # largest thing on its disk; the free space is printed because a full disk is what once
