@@ -32,6 +32,8 @@ impl Reloader {
         if let Some(specs) = self.parse_changed(path, text) {
             return Ok(specs);
         }
+        // The next split must compare with the last text that `known` describes, not this one.
+        self.scan = sections::Scan::default();
         let specs = parse(path, text)?;
         // A file the split does not handle: nothing to compare the next version with.
         self.known.clear();
@@ -49,7 +51,7 @@ impl Reloader {
             let unchanged = self
                 .known
                 .get(part.name)
-                .is_some_and(|k| k.text == *part.text);
+                .is_some_and(|k| !part.changed || k.text == *part.text);
             fresh.push(if unchanged {
                 None
             } else {
@@ -135,6 +137,19 @@ mod tests {
         assert_eq!(e, parse(Path::new(PATH), &bad).unwrap_err().to_string());
         let again = specs(&mut r, &file("Host:c"));
         assert!(Arc::ptr_eq(&good[1], &again[1]));
+    }
+
+    /// The edit after a bad one is compared with the last good version, not the bad one:
+    /// `web` changed in the bad edit and must not pass for unchanged when only `api` is
+    /// mended.
+    #[test]
+    fn after_a_bad_edit_services_changed_in_it_are_reparsed() {
+        let mut r = Reloader::default();
+        specs(&mut r, &file("Host:a"));
+        let bad = file("Hots:a").replace("secure = true", "secure = false");
+        assert!(r.parse(Path::new(PATH), &bad).is_err());
+        let mended = bad.replace("Hots:a", "Host:a");
+        assert_eq!(plain(&specs(&mut r, &mended)), whole(&mended));
     }
 
     #[test]

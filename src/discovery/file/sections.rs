@@ -33,6 +33,10 @@ pub(super) struct Part<'t> {
     /// Where its spec comes in the whole file's list: under its first kind, by name.
     pub first_kind: Kind,
     pub text: Cow<'t, str>,
+    /// Whether the text may differ from the same name's text in the last text split. When
+    /// false it is the same: all of the name's tables, in both texts, lie where the two
+    /// texts agree, so the caller need not compare them.
+    pub changed: bool,
 }
 
 /// A table header, by byte offsets into its text.
@@ -55,6 +59,14 @@ impl Header {
     }
 }
 
+/// Which headers a split did not carry over from the last text: the new text's headers at
+/// `new` were found by lexing, and the last text's at `old` were dropped. Every other table
+/// has the same text in both.
+struct Relexed {
+    new: Range<usize>,
+    old: Range<usize>,
+}
+
 /// The last text split and its headers.
 #[derive(Debug, Default)]
 pub(super) struct Scan {
@@ -66,37 +78,56 @@ impl Scan {
     /// `text` split by name, in the order parsing the whole file lists the specs; `None` when
     /// the file has a form the split does not handle.
     pub(super) fn split<'t>(&mut self, text: &'t str) -> Option<Vec<Part<'t>>> {
-        let headers = if self.text.is_empty() {
-            headers(text)
-        } else {
-            self.headers_after_edit(text)
-        };
-        let Some(headers) = headers else {
+        let Some((headers, relexed)) = self.headers_after_edit(text) else {
             *self = Self::default();
             return None;
         };
-        let parts = parts(text, &headers);
+        let mut parts = parts(text, &headers, &relexed.new);
+        self.mark_dropped(&mut parts, &relexed.old);
         self.text.clear();
         self.text.push_str(text);
         self.headers = headers;
         Some(parts)
     }
 
+    /// Marks as changed the parts named by the last text's headers at `dropped`: a name can
+    /// lose a table to an edit without any of its tables in the new text being relexed.
+    fn mark_dropped(&self, parts: &mut [Part<'_>], dropped: &Range<usize>) {
+        for h in &self.headers[dropped.clone()] {
+            let name = &self.text[h.name.clone()];
+            // Parts are in (kind, name) order, and a name's part is under one of the kinds.
+            for kind in [Kind::Services, Kind::Tcp, Kind::Udp] {
+                if let Ok(i) = parts.binary_search_by(|p| (p.first_kind, p.name).cmp(&(kind, name)))
+                {
+                    parts[i].changed = true;
+                }
+            }
+        }
+    }
+
     /// `text`'s headers, found from the last text's. Where the two texts agree up to a
     /// header, the lexer was in the same state there in both, so the headers before it stand;
     /// where they agree from a header to the end, the headers after it stand, moved by the
     /// difference in length.
-    fn headers_after_edit(&self, text: &str) -> Option<Vec<Header>> {
+    fn headers_after_edit(&self, text: &str) -> Option<(Vec<Header>, Relexed)> {
         let (old, new) = (self.text.as_bytes(), text.as_bytes());
         let prefix = common_prefix(old, new);
         let suffix = common_suffix(old, new);
         let kept = self.headers.partition_point(|h| h.start <= prefix);
         let Some(restart) = kept.checked_sub(1).map(|i| self.headers[i].start) else {
-            return headers(text);
+            // Nothing to carry over (or no last text): every table is new.
+            let found = headers(text)?;
+            let relexed = Relexed {
+                new: 0..found.len(),
+                old: 0..self.headers.len(),
+            };
+            return Some((found, relexed));
         };
         let mut found = self.headers[..kept - 1].to_vec();
         let tail = new.len() - suffix;
         let shift = new.len() as isize - old.len() as isize;
+        // Where the carried-over end begins, in the last text's headers.
+        let mut carried_from = self.headers.len();
         let known_from = |at: usize| {
             if at < tail {
                 return None;
@@ -106,10 +137,18 @@ impl Scan {
                 .headers
                 .binary_search_by_key(&old_at, |h| h.start)
                 .ok()?;
+            carried_from = i;
             Some(self.headers[i..].iter().map(|h| h.shifted(shift)))
         };
         scan(text, restart, &mut found, known_from)?;
-        Some(found)
+        // The table before the first relexed header ends where the lexing found the next
+        // header, which may not be where it was: it counts as relexed too.
+        let first = kept.saturating_sub(2);
+        let relexed = Relexed {
+            new: first..found.len() - (self.headers.len() - carried_from),
+            old: first..carried_from,
+        };
+        Some((found, relexed))
     }
 }
 
@@ -142,30 +181,38 @@ fn common_run(a: &[u8], b: &[u8], at: impl Fn(usize, usize) -> Range<usize>) -> 
     i
 }
 
-/// The file split at `headers`, its own.
-fn parts<'t>(text: &'t str, headers: &[Header]) -> Vec<Part<'t>> {
+/// The file split at `headers`, its own; a part is changed when one of its tables' headers
+/// is among those at `relexed`.
+fn parts<'t>(text: &'t str, headers: &[Header], relexed: &Range<usize>) -> Vec<Part<'t>> {
     // Each table runs from its header to the next one.
-    let mut tables: Vec<(Kind, &str, Range<usize>)> = headers
+    let mut tables: Vec<(Kind, &str, Range<usize>, bool)> = headers
         .iter()
         .enumerate()
         .map(|(i, h)| {
             let end = headers.get(i + 1).map_or(text.len(), |next| next.start);
-            (h.kind, &text[h.name.clone()], h.start..end)
+            (
+                h.kind,
+                &text[h.name.clone()],
+                h.start..end,
+                relexed.contains(&i),
+            )
         })
         .collect();
     // Stable: a name's tables stay in file order, which TOML's meaning depends on.
-    tables.sort_by_key(|(_, name, _)| *name);
+    tables.sort_by_key(|(_, name, ..)| *name);
     let mut parts: Vec<Part<'_>> = Vec::new();
-    for (kind, name, range) in tables {
+    for (kind, name, range, relexed) in tables {
         match parts.last_mut() {
             Some(part) if part.name == name => {
                 part.first_kind = part.first_kind.min(kind);
                 part.text.to_mut().push_str(&text[range]);
+                part.changed |= relexed;
             }
             _ => parts.push(Part {
                 name,
                 first_kind: kind,
                 text: Cow::Borrowed(&text[range]),
+                changed: relexed,
             }),
         }
     }
@@ -343,7 +390,8 @@ mod tests {
     }
 
     /// Edits anywhere, of the kinds that move headers in and out of values: every rescan
-    /// must find what lexing the edited text from its start finds.
+    /// must find what lexing the edited text from its start finds, and a part it calls
+    /// unchanged must have the text that the same name had before the edit.
     #[test]
     fn a_rescan_finds_what_a_full_scan_finds() {
         let base = "[services.a]\nrule = \"Host:a\"\nservers = [\n  { url = \"x\" },\n]\n\
@@ -364,11 +412,11 @@ mod tests {
             "[udp.f]\n",
         ];
         let mut rng = fastrand::Rng::with_seed(6);
-        let (mut edits, mut splittable) = (0, 0);
+        let (mut edits, mut splittable, mut unchanged) = (0, 0, 0);
         for _ in 0..3000 {
             let mut scan = Scan::default();
             let mut text = base.to_owned();
-            scan.split(&text).unwrap();
+            let mut last = described(scan.split(&text));
             for _ in 0..4 {
                 let before = text.clone();
                 let at = rng.usize(..=text.len());
@@ -386,17 +434,30 @@ mod tests {
                     }
                 }
                 let full = described(Scan::default().split(&text));
-                assert_eq!(
-                    described(scan.split(&text)),
-                    full,
-                    "after editing {before:?} into {text:?}"
-                );
+                let parts = scan.split(&text);
+                for part in parts.iter().flatten().filter(|p| !p.changed) {
+                    let had = last.iter().flatten().find(|(name, ..)| name == part.name);
+                    assert_eq!(
+                        had.map(|(_, _, text)| text.as_str()),
+                        Some(&*part.text),
+                        "{} called unchanged after editing {before:?} into {text:?}",
+                        part.name
+                    );
+                    unchanged += 1;
+                }
+                let rescanned = described(parts);
+                assert_eq!(rescanned, full, "after editing {before:?} into {text:?}");
+                last = rescanned;
                 edits += usize::from(before != text);
                 splittable += usize::from(full.is_some());
             }
         }
-        // The edits are the point: most must change the text and many keep it splittable.
-        assert!(edits > 10_000 && splittable > 3_000, "{edits} {splittable}");
+        // The edits are the point: most must change the text and many keep it splittable,
+        // and most of those leave some names untouched.
+        assert!(
+            edits > 10_000 && splittable > 3_000 && unchanged > 3_000,
+            "{edits} {splittable} {unchanged}"
+        );
     }
 
     #[test]
@@ -420,7 +481,7 @@ mod tests {
         };
         scan.text = spoil(&file);
         assert!(headers(&scan.text).is_none());
-        let found = scan.headers_after_edit(&spoil(&edited)).unwrap();
+        let (found, _) = scan.headers_after_edit(&spoil(&edited)).unwrap();
         assert_eq!(found, headers(&edited).unwrap());
     }
 }
