@@ -171,6 +171,11 @@ def swap_table(cells: list, swaps: list) -> list:
            f"  p99 swapping/quiet {ratio(swapping['p99'], quiet['p99'])} "
            f"({'ok' if swapping['p99'] <= quiet['p99'] * 1.1 else 'MISS'} <= 1.10x); "
            f"rps {ratio(swapping['rps'], quiet['rps'])}"]
+    if s and "control_ns" in s:
+        # The writes that fell in the measured seconds, at the writer's rate.
+        writes = s["rate"] * s["control_seconds"]
+        out.append(f"  control plane: {s['control_ns'] / 1e6 / writes:.2f} ms of CPU per write under load "
+                   f"({s['control_ns'] / 1e6:.0f} ms over {s['control_seconds']} s of {s['rate']} writes/s)")
     return out
 
 

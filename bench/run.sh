@@ -210,6 +210,16 @@ user_sys_ticks() {
     echo "$u $s"
 }
 
+# CPU time (ns) of limpet's control-plane threads (named limpet-control) in process $1.
+control_ns() {
+    local task ticks=0
+    for task in /proc/"$1"/task/*; do
+        [ "$(cat "$task/comm" 2>/dev/null)" = limpet-control ] || continue
+        ticks=$((ticks + $(sed 's/.*) //' "$task/stat" | awk '{ print $12 + $13 }')))
+    done
+    echo $((ticks * TICK_NS))
+}
+
 # With --wait-quiet: waits until the machine, with this benchmark idle, is below 15 % of a
 # core busy over one second, or until the limit. Prints the seconds waited.
 wait_quiet() {
@@ -368,7 +378,7 @@ warm() { # warm TARGET: a short load so pools and caches are filled before measu
 # table built and swapped. Rounds interleave the two. The swaps limpet really made are
 # counted from its log ("publishing new routing table", one line per swap, never per request).
 swap_phase() {
-    local round swapper writes before after servers=$((SWAP_SERVICES * 10 + 2))
+    local round swapper writes before after control servers=$((SWAP_SERVICES * 10 + 2))
     log "== table swaps: limpet, 1 worker, pinned 100 B, $SWAP_SERVICES extra services ($servers servers), $SWAP_RATE swaps/s =="
     python3 "$BENCH_DIR/swap_table.py" --base "$RUN/limpet.toml" --out "$RUN/limpet-swap.toml" \
         --services "$SWAP_SERVICES" --servers 10
@@ -387,15 +397,18 @@ swap_phase() {
             --out "$RUN/limpet-swap.toml" --services "$SWAP_SERVICES" --servers 10 \
             --rate "$SWAP_RATE" --duration $((DURATION + WARMUP + 2))
         sleep "$WARMUP"
+        control=$(control_ns "${PID_OF[limpet]}")
         cell swap "$round" 100b swapping limpet
         wait "${PID_OF[swapper]}" 2>/dev/null || true
         unset "PID_OF[swapper]"
+        # The control plane's CPU over the rest of the writes, from the swapping cell on.
+        control=$(($(control_ns "${PID_OF[limpet]}") - control))
         writes=$(sed -n 's/^WRITES //p' "$OUT/logs/swapper.log")
         after=$(grep -c 'publishing new routing table' "$OUT/logs/limpet.log" || true)
-        printf '{"round": %d, "services": %d, "servers": %d, "rate": %s, "seconds": %d, "writes": %d, "swaps": %d}\n' \
+        printf '{"round": %d, "services": %d, "servers": %d, "rate": %s, "seconds": %d, "writes": %d, "swaps": %d, "control_ns": %d, "control_seconds": %d}\n' \
             "$round" "$((SWAP_SERVICES + 1))" "$servers" "$SWAP_RATE" $((DURATION + WARMUP + 2)) \
-            "${writes:-0}" $((after - before)) >>"$OUT/swaps.jsonl"
-        log "swaps: $((after - before)) tables published for ${writes:-0} file writes"
+            "${writes:-0}" $((after - before)) "$control" $((DURATION + 2)) >>"$OUT/swaps.jsonl"
+        log "swaps: $((after - before)) tables published for ${writes:-0} file writes; control plane $((control / 1000000)) ms of CPU in the last $((DURATION + 2)) s"
     done
     halt limpet
 }
