@@ -141,12 +141,22 @@ impl Scan {
             Some(self.headers[i..].iter().map(|h| h.shifted(shift)))
         };
         scan(text, restart, &mut found, known_from)?;
-        // The table before the first relexed header ends where the lexing found the next
-        // header, which may not be where it was: it counts as relexed too.
-        let first = kept.saturating_sub(2);
-        let relexed = Relexed {
-            new: first..found.len() - (self.headers.len() - carried_from),
-            old: first..carried_from,
+        let relexed = if carried_from < kept - 1 {
+            // The carried-over end begins before the carried-over start ends: the texts'
+            // common start and end overlap (repeated text), and some of the last text's
+            // tables stand for two of this one's. Nothing is known unchanged.
+            Relexed {
+                new: 0..found.len(),
+                old: 0..self.headers.len(),
+            }
+        } else {
+            // The table before the first relexed header ends where the lexing found the
+            // next header, which may not be where it was: it counts as relexed too.
+            let first = kept.saturating_sub(2);
+            Relexed {
+                new: first..found.len() - (self.headers.len() - carried_from),
+                old: first..carried_from,
+            }
         };
         Some((found, relexed))
     }
@@ -421,9 +431,16 @@ mod tests {
                 let before = text.clone();
                 let at = rng.usize(..=text.len());
                 let end = (at + rng.usize(1..12)).min(text.len());
-                match rng.u8(..3) {
+                match rng.u8(..4) {
                     0 => text.insert_str(at, inserts[rng.usize(..inserts.len())]),
                     1 => text.replace_range(at..end, ""),
+                    // A stretch of the text repeated in place, headers and all: the texts'
+                    // common start and common end then overlap.
+                    2 => {
+                        let to = (at + rng.usize(..80)).min(text.len());
+                        let copy = text[at..to].to_owned();
+                        text.insert_str(to, &copy);
+                    }
                     _ => {
                         let bytes = b"[]\"'{}#\n=.abtcpu";
                         let by = bytes[rng.usize(..bytes.len())];
@@ -457,6 +474,22 @@ mod tests {
         assert!(
             edits > 10_000 && splittable > 3_000 && unchanged > 3_000,
             "{edits} {splittable} {unchanged}"
+        );
+    }
+
+    /// A file pasted after itself: its old text is both the new one's start and its end,
+    /// so the headers carried over from each overlap.
+    #[test]
+    fn a_text_repeated_after_itself_is_all_changed() {
+        let text = "[services.a]\n[services.b]\n[services.c]\n";
+        let mut scan = Scan::default();
+        scan.split(text).unwrap();
+        let doubled = text.repeat(2);
+        let parts = scan.split(&doubled).unwrap();
+        assert!(parts.iter().all(|p| p.changed));
+        assert_eq!(
+            described(Some(parts)),
+            described(Scan::default().split(&doubled))
         );
     }
 
