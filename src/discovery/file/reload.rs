@@ -152,6 +152,78 @@ mod tests {
         assert_eq!(plain(&specs(&mut r, &mended)), whole(&mended));
     }
 
+    /// Line edits of every kind a person makes, good and bad, one after another: after each,
+    /// the reloader gives what parsing the whole file gives, the same specs or the same error.
+    #[test]
+    fn after_any_run_of_edits_it_agrees_with_parsing_the_whole_file() {
+        let lines = [
+            "[services.api]",
+            "[services.web]",
+            "[services.web.cookie]",
+            "[services.new]",
+            "[tcp.web]",
+            "[udp.dns]",
+            "rule = \"Host:a\"",
+            "rule = \"Host:b;PathPrefix:/x\"",
+            "rule = \"Hots:a\"",
+            "sticky = true",
+            "secure = false",
+            "front_port = 9000",
+            "servers = [{ url = \"http://127.0.0.1:8003\" }]",
+            "servers = [{ address = \"127.0.0.1:9000\" }]",
+            "weight = ",
+            "note = \"\"\"",
+            "\"\"\"",
+            "",
+        ];
+        let mut rng = fastrand::Rng::with_seed(10);
+        let (mut agreed_ok, mut agreed_err) = (0, 0);
+        for _ in 0..300 {
+            let mut r = Reloader::default();
+            let mut text: Vec<String> = file("Host:a").lines().map(str::to_owned).collect();
+            let mut last_good = text.clone();
+            for _ in 0..12 {
+                let at = rng.usize(..=text.len());
+                match rng.u8(..4) {
+                    0 => text.insert(at, lines[rng.usize(..lines.len())].to_owned()),
+                    1 if at < text.len() => drop(text.remove(at)),
+                    // A stretch repeated in place, as a paste does.
+                    2 => {
+                        let to = (at + rng.usize(..6)).min(text.len());
+                        let copy = text[at..to].to_vec();
+                        text.splice(to..to, copy);
+                    }
+                    _ if at < text.len() => text[at] = lines[rng.usize(..lines.len())].to_owned(),
+                    _ => {}
+                }
+                let joined = text.join("\n") + "\n";
+                let path = Path::new(PATH);
+                match (parse(path, &joined), r.parse(path, &joined)) {
+                    (Ok(whole), Ok(got)) => {
+                        assert_eq!(plain(&got), whole, "{joined}");
+                        agreed_ok += 1;
+                        last_good = text.clone();
+                    }
+                    (Err(whole), Err(got)) => {
+                        assert_eq!(got.to_string(), whole.to_string(), "{joined}");
+                        agreed_err += 1;
+                        // Mended half the time, as a person does, so that good versions
+                        // follow bad ones.
+                        if rng.bool() {
+                            text = last_good.clone();
+                        }
+                    }
+                    (whole, got) => panic!("whole file {whole:?}, reloader {got:?}: {joined}"),
+                }
+            }
+        }
+        // Both kinds of outcome must be common, or the edits test little.
+        assert!(
+            agreed_ok > 300 && agreed_err > 300,
+            "{agreed_ok} {agreed_err}"
+        );
+    }
+
     #[test]
     fn services_that_leave_are_forgotten() {
         let mut r = Reloader::default();

@@ -59,9 +59,9 @@ impl Header {
     }
 }
 
-/// Which headers a split did not carry over from the last text: the new text's headers at
-/// `new` were found by lexing, and the last text's at `old` were dropped. Every other table
-/// has the same text in both.
+/// Which tables a split did not carry over whole from the last text: the new text's tables
+/// at `new` (by header) were found by lexing or end where the lexing found the next header,
+/// and the last text's at `old` were dropped. Every other table has the same text in both.
 struct Relexed {
     new: Range<usize>,
     old: Range<usize>,
