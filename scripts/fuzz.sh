@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes the sticky cookie decoder (fuzz/fuzz_targets/cookie.rs) for a bounded time and
-# prints how many inputs were tried. Not part of CI: a useful run takes minutes.
+# Fuzzes the sticky cookie decoder (fuzz/fuzz_targets/cookie.rs) or the file provider's
+# incremental reload (fuzz/fuzz_targets/reload.rs) for a bounded time and prints how many
+# inputs were tried. Not part of CI: a useful run takes minutes.
 #
 #   scripts/fuzz.sh                      # 60 s
 #   FUZZ_SECONDS=300 scripts/fuzz.sh     # 5 min
@@ -8,7 +9,7 @@
 # Settings (environment):
 #   FUZZ_SECONDS    fuzzing time, not counting the build (default 60)
 #   FUZZ_SANITIZER  address (default) or none; `none` builds faster and runs ~2x faster
-#   FUZZ_TARGET     target name (default cookie)
+#   FUZZ_TARGET     cookie (default) or reload
 #
 # Stable toolchain: cargo-fuzz passes nightly-only flags to rustc (`-Zsanitizer=address`,
 # `-Cpasses=sancov-module`...). RUSTC_BOOTSTRAP=1 makes a stable rustc accept them; stable
