@@ -107,7 +107,9 @@ impl Builder {
                 // Changed: its servers are made anew, each with the state it had.
                 before => {
                     gone.extend(before);
-                    Built::new(spec, &mut self.states, &self.globals)
+                    let built = Built::new(spec, &mut self.states, &self.globals);
+                    super::pace::breathe_now();
+                    built
                 }
             };
             let index = services.len();

@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 /// 300 µs every edit was published and the p99 stayed within noise (bench/RESULTS.md).
 pub const SLICE: Duration = Duration::from_micros(300);
 
-/// Steps between two looks at the clock. A step (one service parsed, built or freed) takes
-/// a microsecond or less, so the slice overruns by a few microseconds at most; reading the
-/// clock at every step was 3.8 % of the control plane's time under load (perf, 1,000-service
-/// edits, bench/RESULTS.md).
+/// Steps between two looks at the clock. A light step (a service kept from the last table,
+/// or freed) takes a microsecond or less, so the slice overruns by a few microseconds at
+/// most; reading the clock at every step was 3.8 % of the control plane's time under load
+/// (perf, 1,000-service edits, bench/RESULTS.md). A heavy one (a changed service parsed or
+/// built, tens of microseconds) ends with [`breathe_now`] instead.
 const STEPS_PER_LOOK: u32 = 8;
 
 #[derive(Debug, Clone, Copy)]
@@ -48,13 +49,22 @@ pub fn enable() {
     });
 }
 
-/// Called between steps of long work: yields the CPU to any other runnable thread once the
-/// thread has run a [`SLICE`] since it last did.
+/// Called between light steps of long work: yields the CPU to any other runnable thread
+/// once the thread has run a [`SLICE`] since it last did, which it checks every few steps.
 pub fn breathe() {
+    step(false);
+}
+
+/// [`breathe`] after a heavy step: checks the time at once.
+pub fn breathe_now() {
+    step(true);
+}
+
+fn step(look: bool) {
     PACING.with(|p| {
         let Some(mut pacing) = p.get() else { return };
         pacing.steps += 1;
-        if pacing.steps >= STEPS_PER_LOOK {
+        if look || pacing.steps >= STEPS_PER_LOOK {
             pacing.steps = 0;
             if pacing.since.elapsed() >= SLICE {
                 std::thread::yield_now();
@@ -103,6 +113,13 @@ mod tests {
             assert!(
                 since().unwrap() >= start + SLICE * 2,
                 "yielded, slice restarted"
+            );
+            let restarted = since().unwrap();
+            std::thread::sleep(SLICE * 2);
+            breathe_now();
+            assert!(
+                since().unwrap() >= restarted + SLICE * 2,
+                "a heavy step looks at once"
             );
         })
         .join()

@@ -55,7 +55,9 @@ impl Reloader {
             fresh.push(if unchanged {
                 None
             } else {
-                let mut specs = parse(path, &part.text).ok()?;
+                let parsed = parse(path, &part.text);
+                crate::table::pace::breathe_now();
+                let mut specs = parsed.ok()?;
                 let spec = specs
                     .pop()
                     .filter(|s| specs.is_empty() && s.name == part.name)?;
