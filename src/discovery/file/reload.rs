@@ -25,6 +25,12 @@ struct Known {
     spec: Arc<ServiceSpec>,
 }
 
+/// What a part of the new version gives: the spec known from the last, or a new entry.
+enum Next {
+    Kept(Arc<ServiceSpec>),
+    Parsed(Known),
+}
+
 impl Reloader {
     /// The file's services, as [`parse`] gives them. An error is always the one parsing the
     /// whole file gives, so that it names the right line; the last good version stays known.
@@ -45,15 +51,15 @@ impl Reloader {
     fn parse_changed(&mut self, path: &Path, text: &str) -> Option<Vec<Arc<ServiceSpec>>> {
         let parts = self.scan.split(text)?;
         // Everything is parsed before anything known is replaced: a bad edit changes nothing.
-        let mut fresh: Vec<Option<Known>> = Vec::with_capacity(parts.len());
+        let mut next: Vec<Next> = Vec::with_capacity(parts.len());
         for part in &parts {
             crate::table::pace::breathe();
-            let unchanged = self
+            let kept = self
                 .known
                 .get(part.name)
-                .is_some_and(|k| !part.changed || k.text == *part.text);
-            fresh.push(if unchanged {
-                None
+                .filter(|k| !part.changed || k.text == *part.text);
+            next.push(if let Some(k) = kept {
+                Next::Kept(Arc::clone(&k.spec))
             } else {
                 let parsed = parse(path, &part.text);
                 crate::table::pace::breathe_now();
@@ -61,23 +67,22 @@ impl Reloader {
                 let spec = specs
                     .pop()
                     .filter(|s| specs.is_empty() && s.name == part.name)?;
-                Some(Known {
+                Next::Parsed(Known {
                     text: part.text.clone().into_owned(),
                     spec: Arc::new(spec),
                 })
             });
         }
         let mut specs = Vec::with_capacity(parts.len());
-        for (part, fresh) in parts.iter().zip(fresh) {
-            let spec = match fresh {
-                Some(entry) => {
+        for (part, next) in parts.iter().zip(next) {
+            specs.push(match next {
+                Next::Kept(spec) => spec,
+                Next::Parsed(entry) => {
                     let spec = Arc::clone(&entry.spec);
                     self.known.insert(part.name.to_owned(), entry);
                     spec
                 }
-                None => Arc::clone(&self.known.get(part.name)?.spec),
-            };
-            specs.push(spec);
+            });
         }
         // Services the file no longer has (names are unique: each is one part).
         if self.known.len() > parts.len() {
