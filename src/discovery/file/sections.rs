@@ -67,6 +67,16 @@ struct Relexed {
     old: Range<usize>,
 }
 
+impl Relexed {
+    /// Nothing carried over: `new` headers found, `old` dropped.
+    fn all(new: usize, old: usize) -> Self {
+        Self {
+            new: 0..new,
+            old: 0..old,
+        }
+    }
+}
+
 /// The last text split and its headers.
 #[derive(Debug, Default)]
 pub(super) struct Scan {
@@ -117,10 +127,7 @@ impl Scan {
         let Some(restart) = kept.checked_sub(1).map(|i| self.headers[i].start) else {
             // Nothing to carry over (or no last text): every table is new.
             let found = headers(text)?;
-            let relexed = Relexed {
-                new: 0..found.len(),
-                old: 0..self.headers.len(),
-            };
+            let relexed = Relexed::all(found.len(), self.headers.len());
             return Some((found, relexed));
         };
         let mut found = self.headers[..kept - 1].to_vec();
@@ -145,10 +152,7 @@ impl Scan {
             // The carried-over end begins before the carried-over start ends: the texts'
             // common start and end overlap (repeated text), and some of the last text's
             // tables stand for two of this one's. Nothing is known unchanged.
-            Relexed {
-                new: 0..found.len(),
-                old: 0..self.headers.len(),
-            }
+            Relexed::all(found.len(), self.headers.len())
         } else {
             // The table before the first relexed header ends where the lexing found the
             // next header, which may not be where it was: it counts as relexed too.
