@@ -210,7 +210,8 @@ user_sys_ticks() {
     echo "$u $s"
 }
 
-# CPU time (ns) of limpet's control-plane threads (named limpet-control) in process $1.
+# CPU time (ns) of limpet's control-plane threads (named limpet-control) in process $1. Read
+# from /proc/<pid>/task/<tid>/stat: user_sys_ticks's /proc/<tid>/stat counts the whole process.
 control_ns() {
     local task ticks=0
     for task in /proc/"$1"/task/*; do
