@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::table::spec::{CookieMode, Provider, ServiceSpec};
+use crate::table::spec::{Provider, ServiceSpec};
 use crate::table::{pace, Builder, Readiness, StickyGlobals, Table};
 
 /// The table as the data plane sees it: one atomic pointer, loaded per request.
@@ -21,9 +21,8 @@ pub struct Publisher {
 
 #[derive(Debug)]
 struct State {
-    /// Latest snapshot per provider, sorted by name; a provider that has not reported yet is
-    /// absent.
-    snapshots: BTreeMap<Provider, Vec<Arc<ServiceSpec>>>,
+    /// Latest snapshot per provider; a provider that has not reported yet is absent.
+    snapshots: BTreeMap<Provider, Snapshot>,
     /// Providers that must report before the table is [`Readiness::Ready`].
     expected: BTreeSet<Provider>,
     /// The readiness of the current table; `None` before the first. Together with the
@@ -75,15 +74,16 @@ impl Publisher {
     /// [`Publisher::update`] for a provider that keeps its services between updates: passing
     /// the same `Arc` again for a service that did not change lets the comparison and the
     /// build skip it at the cost of a pointer comparison.
-    pub fn update_shared(&self, provider: Provider, mut services: Vec<Arc<ServiceSpec>>) -> bool {
-        services.sort_by(|a, b| a.name.cmp(&b.name));
+    pub fn update_shared(&self, provider: Provider, services: Vec<Arc<ServiceSpec>>) -> bool {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *guard;
+        let snapshot = Snapshot::sorted(services, state.snapshots.get(&provider));
         // Compared per provider, before anything is merged or copied: the Docker watcher
         // polls every few seconds and nearly every poll changes nothing. (`Arc`'s equality
         // takes the same pointer as equal without looking further.)
-        let changed = state.snapshots.get(&provider) != Some(&services);
-        state.snapshots.insert(provider, services);
+        let changed =
+            state.snapshots.get(&provider).map(|s| &s.services) != Some(&snapshot.services);
+        state.snapshots.insert(provider, snapshot);
         let readiness = if state
             .expected
             .iter()
@@ -96,13 +96,8 @@ impl Publisher {
         if !changed && state.published == Some(readiness) {
             return false;
         }
-        let globals = state.builder.globals();
-        let buildable: Vec<&Arc<ServiceSpec>> = state
-            .snapshots
-            .values()
-            .flatten()
-            .filter(|s| can_seal(s, globals))
-            .collect();
+        let buildable: Vec<&Arc<ServiceSpec>> =
+            state.snapshots.values().flat_map(|s| &s.services).collect();
         let table = state.builder.build(&buildable, readiness);
         tracing::info!(
             provider = provider.as_str(),
@@ -128,6 +123,51 @@ impl Publisher {
     pub fn sweep(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         retire(&mut state.retired);
+    }
+}
+
+/// One provider's services sorted by name, as the builder walks them.
+#[derive(Debug)]
+struct Snapshot {
+    services: Vec<Arc<ServiceSpec>>,
+    /// Where each service the provider gave, in its order, went in `services`.
+    sorted_at: Vec<usize>,
+}
+
+impl Snapshot {
+    /// Sorts `given` by name (stably). A provider gives its services in the same order from
+    /// one update to the next (the file provider in file order), so when every position
+    /// holds the service it held last time, or one of the same name, the last order is
+    /// reused: sorting a thousand names read each of them about ten times, and by the next
+    /// edit none of them is in the cache.
+    fn sorted(given: Vec<Arc<ServiceSpec>>, last: Option<&Snapshot>) -> Self {
+        let same_names = last.filter(|last| {
+            last.sorted_at.len() == given.len()
+                && given.iter().zip(&last.sorted_at).all(|(spec, &at)| {
+                    let before = &last.services[at];
+                    Arc::ptr_eq(spec, before) || spec.name == before.name
+                })
+        });
+        let sorted_at = match same_names {
+            Some(last) => last.sorted_at.clone(),
+            None => {
+                let mut order: Vec<usize> = (0..given.len()).collect();
+                order.sort_by(|&a, &b| given[a].name.cmp(&given[b].name));
+                let mut sorted_at = vec![0; given.len()];
+                for (at, &i) in order.iter().enumerate() {
+                    sorted_at[i] = at;
+                }
+                sorted_at
+            }
+        };
+        let mut slots: Vec<Option<Arc<ServiceSpec>>> = vec![None; given.len()];
+        for (spec, &at) in given.into_iter().zip(&sorted_at) {
+            slots[at] = Some(spec);
+        }
+        Self {
+            services: slots.into_iter().flatten().collect(),
+            sorted_at,
+        }
     }
 }
 
@@ -159,25 +199,6 @@ fn free_paced(table: Arc<Table>) {
     }
 }
 
-/// A service that wants sealed cookies needs the key file; without it, the service is left
-/// out with a warning rather than silently getting readable cookies.
-fn can_seal(spec: &ServiceSpec, globals: &StickyGlobals) -> bool {
-    let wants_sealed = spec
-        .options
-        .sticky
-        .as_ref()
-        .is_some_and(|s| s.mode.unwrap_or(globals.mode) == CookieMode::Sealed);
-    if wants_sealed && globals.keyring.is_none() {
-        tracing::warn!(
-            service = %spec.name,
-            provider = spec.provider.as_str(),
-            "sticky mode `sealed` needs a key file (--sticky.keyfile); service skipped"
-        );
-        return false;
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +214,48 @@ mod tests {
         let before = Arc::as_ptr(&p.table().load_full());
         assert!(!p.update(Provider::Docker, vec![]));
         assert_eq!(before, Arc::as_ptr(&p.table().load_full()));
+    }
+
+    fn named(name: &str) -> Arc<ServiceSpec> {
+        Arc::new(ServiceSpec {
+            name: name.into(),
+            provider: Provider::File,
+            routers: Vec::new(),
+            servers: Vec::new(),
+            options: Default::default(),
+            l4: Vec::new(),
+        })
+    }
+
+    fn names(p: &Publisher) -> Vec<String> {
+        let table = p.table().load_full();
+        table.services.iter().map(|s| s.name.to_string()).collect()
+    }
+
+    #[test]
+    fn services_are_in_name_order_whatever_order_the_provider_gives_them_in() {
+        let p = Publisher::new([Provider::File], StickyGlobals::default());
+        let (a, b, c) = (named("a"), named("b"), named("c"));
+        assert!(p.update_shared(Provider::File, vec![c.clone(), a.clone(), b.clone()]));
+        assert_eq!(names(&p), ["a", "b", "c"]);
+        // The same names where they were: the last order is reused, and the table's "b"
+        // is the new one.
+        let mut b2 = (*b).clone();
+        b2.options.pass_host_header = !b2.options.pass_host_header;
+        assert!(p.update_shared(Provider::File, vec![c.clone(), a.clone(), Arc::new(b2)]));
+        assert_eq!(names(&p), ["a", "b", "c"]);
+        let table = p.table().load_full();
+        assert_eq!(
+            table.services[1].pass_host_header,
+            !b.options.pass_host_header
+        );
+        // A renamed service, and two that swapped places: sorted again.
+        assert!(p.update_shared(Provider::File, vec![c.clone(), named("z"), b.clone()]));
+        assert_eq!(names(&p), ["b", "c", "z"]);
+        assert!(p.update_shared(Provider::File, vec![b.clone(), c.clone(), a.clone()]));
+        assert_eq!(names(&p), ["a", "b", "c"]);
+        assert!(p.update_shared(Provider::File, vec![c, b]));
+        assert_eq!(names(&p), ["b", "c"]);
     }
 
     #[test]

@@ -59,6 +59,13 @@ struct Built {
     /// servers, and those of a fallback URL's own service, are the ones whose state this
     /// holds.
     made: Arc<Service>,
+    /// What every build needs to know of the spec, kept here so that an unchanged service's
+    /// spec is not read again.
+    start_down: bool,
+    /// Its fallback names another service, which this table's index must be found for.
+    fallback_service: bool,
+    /// It has TCP or UDP routes.
+    l4: bool,
 }
 
 impl Builder {
@@ -92,39 +99,63 @@ impl Builder {
         let mut gone = Vec::new();
         let mut routers = Vec::with_capacity(specs.len());
         let mut services: Vec<Arc<Service>> = Vec::with_capacity(specs.len());
+        // The specs of `services`, index for index: a spec that cannot be built is left out.
+        let mut used: Vec<&Arc<ServiceSpec>> = Vec::with_capacity(specs.len());
+        let mut with_fallback_service = Vec::new();
+        let mut with_l4: Vec<&ServiceSpec> = Vec::new();
         self.built.reserve(specs.len());
         for &spec in specs {
             super::pace::breathe();
-            let key = (spec.provider, spec.name.as_str());
-            while let Some(left) =
-                previous.next_if(|b| (b.spec.provider, b.spec.name.as_str()) < key)
-            {
-                gone.push(left);
-            }
-            let before = previous.next_if(|b| (b.spec.provider, b.spec.name.as_str()) == key);
-            let built = match before {
-                Some(b) if b.is_for(spec) => b.reused(spec),
-                // Changed: its servers are made anew, each with the state it had.
-                before => {
-                    gone.extend(before);
-                    let built = Built::new(spec, &mut self.states, &self.globals);
-                    super::pace::breathe_now();
-                    built
+            // A provider passes an unchanged service as the very spec it passed before, and
+            // it comes at the head of the last table's list: a pointer comparison finds it
+            // without reading either spec, which by the next edit are no longer in the cache.
+            let built = match previous.next_if(|b| Arc::ptr_eq(&b.spec, spec)) {
+                Some(same) => same.reused(),
+                None => {
+                    if !can_seal(spec, &self.globals) {
+                        continue;
+                    }
+                    let key = (spec.provider, spec.name.as_str());
+                    while let Some(left) =
+                        previous.next_if(|b| (b.spec.provider, b.spec.name.as_str()) < key)
+                    {
+                        gone.push(left);
+                    }
+                    let before =
+                        previous.next_if(|b| (b.spec.provider, b.spec.name.as_str()) == key);
+                    match before {
+                        Some(b) if Arc::ptr_eq(&b.spec, spec) || *b.spec == **spec => {
+                            b.reused_for(spec)
+                        }
+                        // Changed: its servers are made anew, each with the state it had.
+                        before => {
+                            gone.extend(before);
+                            let built = Built::new(spec, &mut self.states, &self.globals);
+                            super::pace::breathe_now();
+                            built
+                        }
+                    }
                 }
             };
             let index = services.len();
             services.push(Arc::clone(&built.made));
+            used.push(spec);
             routers.extend(built.routers.iter().map(|r| Router {
                 service: index,
                 ..r.clone()
             }));
+            if built.fallback_service {
+                with_fallback_service.push(index);
+            }
+            if built.l4 {
+                with_l4.push(&**spec);
+            }
             self.built.push(built);
         }
         gone.extend(previous);
-        resolve_fallbacks(specs, &mut services);
+        resolve_fallbacks(&used, &with_fallback_service, &mut services);
         let routers = self.order.sort(routers);
-        let plain: Vec<&ServiceSpec> = specs.iter().map(|s| &***s).collect();
-        let (l4, _conflicts) = super::l4::build(&plain, &self.states);
+        let (l4, _conflicts) = super::l4::build(&with_l4, &self.states);
         for built in gone {
             built.release(&mut self.states);
         }
@@ -179,6 +210,9 @@ impl Built {
         made.fallback = fallback;
         Self {
             made: Arc::new(made),
+            start_down: start_down(spec),
+            fallback_service: matches!(spec.options.fallback, Some(FallbackSpec::Service(_))),
+            l4: !spec.l4.is_empty(),
             routers: spec
                 .routers
                 .iter()
@@ -194,20 +228,21 @@ impl Built {
         }
     }
 
-    /// Whether this was built from `spec`: the same one, as a provider that kept its
-    /// unchanged services passes them, or an equal one.
-    fn is_for(&self, spec: &Arc<ServiceSpec>) -> bool {
-        Arc::ptr_eq(&self.spec, spec) || *self.spec == **spec
-    }
-
     /// For the next table as it is. Its servers are held back as fresh ones would be: one
     /// of a `start_down` service that the monitor has not judged yet (it was told to forget
     /// it) stays out.
-    fn reused(mut self, spec: &Arc<ServiceSpec>) -> Self {
-        hold_back_unprobed(&self.spec, &self.made.servers);
-        // The caller's copy, so that an equal spec is not kept twice.
-        self.spec = Arc::clone(spec);
+    fn reused(self) -> Self {
+        if self.start_down {
+            hold_back_unprobed(&self.made.servers);
+        }
         self
+    }
+
+    /// [`Built::reused`] for a spec equal to its own: the caller's copy is kept, so that an
+    /// equal spec is not held twice.
+    fn reused_for(mut self, spec: &Arc<ServiceSpec>) -> Self {
+        self.spec = Arc::clone(spec);
+        self.reused()
     }
 
     /// Lets go of the runtime state of every server this service listed.
@@ -307,21 +342,22 @@ fn build_servers(
             }
         })
         .collect();
-    hold_back_unprobed(spec, &servers);
+    if start_down(spec) {
+        hold_back_unprobed(&servers);
+    }
     servers
 }
 
 /// Traefik #4544: with `start_down`, a server never probed takes no traffic until its first
 /// pass.
-fn hold_back_unprobed(spec: &ServiceSpec, servers: &[Server]) {
-    let start_down = spec
-        .options
+fn start_down(spec: &ServiceSpec) -> bool {
+    spec.options
         .health_check
         .as_ref()
-        .is_some_and(|h| h.start_down);
-    if !start_down {
-        return;
-    }
+        .is_some_and(|h| h.start_down)
+}
+
+fn hold_back_unprobed(servers: &[Server]) {
     for server in servers {
         if server.state.probe() == PROBE_UNKNOWN {
             server.state.mark_down_until_probed();
@@ -375,8 +411,13 @@ fn service(
 /// Points each fallback naming a service at it. A name that matches nothing is logged and
 /// dropped: the service still routes normally. The index is this table's, so a service
 /// with such a fallback is copied for each table, not shared.
-fn resolve_fallbacks(specs: &[&Arc<ServiceSpec>], services: &mut [Arc<Service>]) {
-    for (i, spec) in specs.iter().enumerate() {
+fn resolve_fallbacks(
+    specs: &[&Arc<ServiceSpec>],
+    with_fallback_service: &[usize],
+    services: &mut [Arc<Service>],
+) {
+    for &i in with_fallback_service {
+        let spec = specs[i];
         let Some(FallbackSpec::Service(name)) = &spec.options.fallback else {
             continue;
         };
@@ -394,6 +435,25 @@ fn resolve_fallbacks(specs: &[&Arc<ServiceSpec>], services: &mut [Arc<Service>])
         };
         Arc::make_mut(&mut services[i]).fallback = fallback;
     }
+}
+
+/// A service that wants sealed cookies needs the key file; without it, the service is left
+/// out with a warning rather than silently getting readable cookies.
+fn can_seal(spec: &ServiceSpec, globals: &StickyGlobals) -> bool {
+    let wants_sealed = spec
+        .options
+        .sticky
+        .as_ref()
+        .is_some_and(|s| s.mode.unwrap_or(globals.mode) == CookieMode::Sealed);
+    if wants_sealed && globals.keyring.is_none() {
+        tracing::warn!(
+            service = %spec.name,
+            provider = spec.provider.as_str(),
+            "sticky mode `sealed` needs a key file (--sticky.keyfile); service skipped"
+        );
+        return false;
+    }
+    true
 }
 
 fn sticky(spec: &StickySpec, globals: &StickyGlobals) -> Sticky {
@@ -544,6 +604,27 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(t.services[2].fallback.is_none());
+    }
+
+    #[test]
+    fn a_sealed_service_without_a_key_file_is_left_out_of_every_build() {
+        let mut a = spec("a", "Host:a", 0, &[1]);
+        a.options.fallback = Some(FallbackSpec::Service("c".into()));
+        let mut sealed = spec("s", "Host:s", 0, &[2]);
+        if let Some(sticky) = sealed.options.sticky.as_mut() {
+            sticky.mode = Some(CookieMode::Sealed);
+        }
+        let specs = shared(vec![a, sealed, spec("c", "Host:c", 0, &[3])]);
+        let mut b = Builder::default();
+        for _ in 0..2 {
+            // The second build reuses `a` and `c` as they are.
+            let t = build_from(&mut b, &specs);
+            let names: Vec<&str> = t.services.iter().map(|s| &*s.name).collect();
+            assert_eq!(names, ["a", "c"]);
+            assert!(matches!(t.services[0].fallback, Some(Fallback::Service(1))));
+            let routed: Vec<usize> = t.routers.iter().map(|r| r.service).collect();
+            assert_eq!(routed, [0, 1]);
+        }
     }
 
     #[test]
