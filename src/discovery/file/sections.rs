@@ -77,11 +77,25 @@ impl Relexed {
     }
 }
 
-/// The last text split and its headers.
+/// The last text split, its headers, and which of them made each part.
 #[derive(Debug, Default)]
 pub(super) struct Scan {
     text: String,
     headers: Vec<Header>,
+    plan: Plan,
+    /// The last split kept the plan of the one before it.
+    plan_kept: bool,
+}
+
+/// Which headers' tables make each part, part after part in the order the split gives them.
+/// Working it out sorts the headers by name and then the parts: an edit that leaves every
+/// header's kind and name where they were, as nearly every edit does, reuses it.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Header positions, each part's in file order.
+    tables: Vec<usize>,
+    /// Where each part's run in `tables` ends.
+    ends: Vec<usize>,
 }
 
 impl Scan {
@@ -92,12 +106,33 @@ impl Scan {
             *self = Self::default();
             return None;
         };
-        let mut parts = parts(text, &headers, &relexed.new);
+        self.plan_kept = self.same_layout(text, &headers, &relexed);
+        if !self.plan_kept {
+            self.plan = Plan::new(text, &headers);
+        }
+        let mut parts = self.plan.parts(text, &headers, &relexed.new);
         self.mark_dropped(&mut parts, &relexed.old);
         self.text.clear();
         self.text.push_str(text);
         self.headers = headers;
         Some(parts)
+    }
+
+    /// Whether the last split gave the same names, in the same order, as the split before
+    /// it: then a name's part is where it was.
+    pub(super) fn parts_as_before(&self) -> bool {
+        self.plan_kept
+    }
+
+    /// Whether `headers` of `text` have the kinds and names the last text's had, position
+    /// for position. Only the relexed ones can differ: the others were carried over.
+    fn same_layout(&self, text: &str, headers: &[Header], relexed: &Relexed) -> bool {
+        headers.len() == self.headers.len()
+            && relexed.new == relexed.old
+            && relexed.new.clone().all(|i| {
+                let (new, old) = (&headers[i], &self.headers[i]);
+                new.kind == old.kind && text[new.name.clone()] == self.text[old.name.clone()]
+            })
     }
 
     /// Marks as changed the parts named by the last text's headers at `dropped`: a name can
@@ -195,43 +230,72 @@ fn common_run(a: &[u8], b: &[u8], at: impl Fn(usize, usize) -> Range<usize>) -> 
     i
 }
 
-/// The file split at `headers`, its own; a part is changed when one of its tables' headers
-/// is among those at `relexed`.
-fn parts<'t>(text: &'t str, headers: &[Header], relexed: &Range<usize>) -> Vec<Part<'t>> {
-    // Each table runs from its header to the next one.
-    let mut tables: Vec<(Kind, &str, Range<usize>, bool)> = headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let end = headers.get(i + 1).map_or(text.len(), |next| next.start);
-            (
-                h.kind,
-                &text[h.name.clone()],
-                h.start..end,
-                relexed.contains(&i),
-            )
-        })
-        .collect();
-    // Stable: a name's tables stay in file order, which TOML's meaning depends on.
-    tables.sort_by_key(|(_, name, ..)| *name);
-    let mut parts: Vec<Part<'_>> = Vec::new();
-    for (kind, name, range, relexed) in tables {
-        match parts.last_mut() {
-            Some(part) if part.name == name => {
-                part.first_kind = part.first_kind.min(kind);
-                part.text.to_mut().push_str(&text[range]);
-                part.changed |= relexed;
+impl Plan {
+    /// Groups the headers by name (a name's tables stay in file order, which TOML's meaning
+    /// depends on) and orders the groups by first kind, then name: the order in which
+    /// parsing the whole file lists the specs.
+    fn new(text: &str, headers: &[Header]) -> Self {
+        let name = |i: usize| &text[headers[i].name.clone()];
+        let mut by_name: Vec<usize> = (0..headers.len()).collect();
+        by_name.sort_by_key(|&i| name(i));
+        // (first kind, name, range in `by_name`) of each group.
+        let mut groups: Vec<(Kind, &str, Range<usize>)> = Vec::new();
+        for (at, &i) in by_name.iter().enumerate() {
+            match groups.last_mut() {
+                Some((kind, n, range)) if *n == name(i) => {
+                    *kind = (*kind).min(headers[i].kind);
+                    range.end = at + 1;
+                }
+                _ => groups.push((headers[i].kind, name(i), at..at + 1)),
             }
-            _ => parts.push(Part {
-                name,
-                first_kind: kind,
-                text: Cow::Borrowed(&text[range]),
-                changed: relexed,
-            }),
         }
+        groups.sort_by_key(|&(kind, name, _)| (kind, name));
+        let mut plan = Self {
+            tables: Vec::with_capacity(headers.len()),
+            ends: Vec::with_capacity(groups.len()),
+        };
+        for (.., range) in groups {
+            plan.tables.extend_from_slice(&by_name[range]);
+            plan.ends.push(plan.tables.len());
+        }
+        plan
     }
-    parts.sort_by_key(|p| (p.first_kind, p.name));
-    parts
+
+    /// The file split at `headers` by this plan; a part is changed when one of its tables'
+    /// headers is among those at `relexed`.
+    fn parts<'t>(
+        &self,
+        text: &'t str,
+        headers: &[Header],
+        relexed: &Range<usize>,
+    ) -> Vec<Part<'t>> {
+        // Each table runs from its header to the next one.
+        let table = |i: usize| {
+            let end = headers.get(i + 1).map_or(text.len(), |next| next.start);
+            &text[headers[i].start..end]
+        };
+        let mut parts = Vec::with_capacity(self.ends.len());
+        let mut start = 0;
+        for &end in &self.ends {
+            let (&first, rest) = self.tables[start..end]
+                .split_first()
+                .expect("a part has a table");
+            start = end;
+            let mut part = Part {
+                name: &text[headers[first].name.clone()],
+                first_kind: headers[first].kind,
+                text: Cow::Borrowed(table(first)),
+                changed: relexed.contains(&first),
+            };
+            for &i in rest {
+                part.first_kind = part.first_kind.min(headers[i].kind);
+                part.text.to_mut().push_str(table(i));
+                part.changed |= relexed.contains(&i);
+            }
+            parts.push(part);
+        }
+        parts
+    }
 }
 
 /// Every table header of `text`, in file order.
@@ -483,6 +547,18 @@ mod tests {
 
     /// A file pasted after itself: its old text is both the new one's start and its end,
     /// so the headers carried over from each overlap.
+    #[test]
+    fn an_edit_that_moves_a_name_under_another_kind_reorders_the_parts() {
+        let before = "[services.a]\nx = 1\n[services.b]\nx = 2\n[services.c]\nx = 3\n";
+        let after = before.replace("[services.b]", "[udp.b]");
+        let mut scan = Scan::default();
+        scan.split(before).unwrap();
+        let rescanned = described(scan.split(&after));
+        assert_eq!(rescanned, described(split(&after)));
+        let order: Vec<String> = rescanned.unwrap().into_iter().map(|p| p.0).collect();
+        assert_eq!(order, ["a", "c", "b"]);
+    }
+
     #[test]
     fn a_text_repeated_after_itself_is_all_changed() {
         let text = "[services.a]\n[services.b]\n[services.c]\n";
