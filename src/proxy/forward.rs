@@ -192,7 +192,7 @@ async fn forward(
     let on_fallback = !std::ptr::eq(service, primary);
 
     let (path_and_query, stripped_prefix) =
-        rewrite_path(&router.rule.rewrite, service, &parts.uri)?;
+        rewrite_path(&router.def.rule.rewrite, service, &parts.uri)?;
     // gRPC needs `te: trailers` end to end; any other TE value is hop-by-hop.
     let te_trailers = parts
         .headers

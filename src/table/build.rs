@@ -16,7 +16,7 @@ use super::spec::{
     CookieMode, FallbackSpec, SameSite, ServerSpec, ServiceOptions, ServiceSpec, StickySpec,
 };
 use super::state::{StateRegistry, PROBE_UNKNOWN};
-use super::{Fallback, Readiness, Router, Server, Service, Sticky, Table};
+use super::{Fallback, Readiness, Router, RouterDef, Server, Service, Sticky, Table};
 use crate::balance::Balancer;
 use crate::sticky::{url_hash, Keyring};
 
@@ -41,11 +41,12 @@ pub struct Builder {
     order: RouterOrder,
 }
 
-/// A table rebuilt for an edit mostly sorts the same routers again; comparing their keys
-/// with the last ones costs far less than sorting a thousand names.
+/// A table rebuilt for an edit mostly sorts the same routers again; comparing them with the
+/// last ones costs far less than sorting a thousand names.
 #[derive(Debug, Default)]
 struct RouterOrder {
-    keys: Vec<(i64, Arc<str>)>,
+    /// The last table's routers before sorting.
+    defs: Vec<Arc<RouterDef>>,
     order: Vec<usize>,
 }
 
@@ -53,8 +54,8 @@ struct RouterOrder {
 #[derive(Debug)]
 struct Built {
     spec: Arc<ServiceSpec>,
-    /// Its routers, pointing at service 0, to clone for each table.
-    routers: Box<[Router]>,
+    /// Its routers, for each table to point at the service wherever it is.
+    routers: Box<[Arc<RouterDef>]>,
     /// The table's service, shared by every table while the spec does not change. Its
     /// servers, and those of a fallback URL's own service, are the ones whose state this
     /// holds.
@@ -140,9 +141,9 @@ impl Builder {
             let index = services.len();
             services.push(Arc::clone(&built.made));
             used.push(spec);
-            routers.extend(built.routers.iter().map(|r| Router {
+            routers.extend(built.routers.iter().map(|def| Router {
+                def: Arc::clone(def),
                 service: index,
-                ..r.clone()
             }));
             if built.fallback_service {
                 with_fallback_service.push(index);
@@ -216,12 +217,13 @@ impl Built {
             routers: spec
                 .routers
                 .iter()
-                .map(|r| Router {
-                    name: r.name.as_str().into(),
-                    rule: r.rule.clone(),
-                    priority: r.priority,
-                    service: 0,
-                    tls: r.tls,
+                .map(|r| {
+                    Arc::new(RouterDef {
+                        name: r.name.as_str().into(),
+                        rule: r.rule.clone(),
+                        priority: r.priority,
+                        tls: r.tls,
+                    })
                 })
                 .collect(),
             spec: Arc::clone(spec),
@@ -265,37 +267,37 @@ impl Built {
 impl RouterOrder {
     /// Traefik v1 gives a router without a priority the length of its rule, so that a more
     /// specific rule wins; the name breaks remaining ties so the order never depends on
-    /// discovery order. Ordered by index, so that a table of thousands of routers (each
-    /// carrying its parsed rule) is not moved about by the sort.
+    /// discovery order. Ordered by index, so that a table of thousands of routers is not
+    /// moved about by the sort.
     fn sort(&mut self, routers: Vec<Router>) -> Vec<Router> {
-        let keys: Vec<(i64, Arc<str>)> = routers
-            .iter()
-            .map(|r| (effective_priority(r), Arc::clone(&r.name)))
-            .collect();
-        let same = keys.len() == self.keys.len()
-            && keys
-                .iter()
-                .zip(&self.keys)
-                .all(|(a, b)| a.0 == b.0 && (Arc::ptr_eq(&a.1, &b.1) || a.1 == b.1));
+        let same = routers.len() == self.defs.len()
+            && routers.iter().zip(&self.defs).all(|(r, last)| {
+                Arc::ptr_eq(&r.def, last)
+                    || (effective_priority(&r.def) == effective_priority(last)
+                        && r.def.name == last.name)
+            });
         if !same {
-            self.order = (0..keys.len()).collect();
+            self.order = (0..routers.len()).collect();
             self.order.sort_by(|&a, &b| {
-                let (a, b) = (&keys[a], &keys[b]);
-                b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1))
+                let (a, b) = (&routers[a].def, &routers[b].def);
+                effective_priority(b)
+                    .cmp(&effective_priority(a))
+                    .then_with(|| a.name.cmp(&b.name))
             });
         }
-        // The new names, so that the next comparison finds the same pointers.
-        self.keys = keys;
+        // The new definitions, so that the next comparison finds the same pointers.
+        self.defs.clear();
+        self.defs.extend(routers.iter().map(|r| Arc::clone(&r.def)));
         let mut slots: Vec<Option<Router>> = routers.into_iter().map(Some).collect();
         self.order.iter().filter_map(|&i| slots[i].take()).collect()
     }
 }
 
-fn effective_priority(r: &Router) -> i64 {
-    if r.priority == 0 {
-        r.rule.source_len as i64
+fn effective_priority(def: &RouterDef) -> i64 {
+    if def.priority == 0 {
+        def.rule.source_len as i64
     } else {
-        i64::from(r.priority)
+        i64::from(def.priority)
     }
 }
 
@@ -543,14 +545,15 @@ mod tests {
             ],
             &StickyGlobals::default(),
         );
-        let names: Vec<&str> = t.routers.iter().map(|r| &*r.name).collect();
+        let names: Vec<&str> = t.routers.iter().map(|r| &*r.def.name).collect();
         assert_eq!(names, ["forced", "api", "root"]);
     }
 
     #[test]
     fn a_rebuild_orders_routers_by_their_new_priorities() {
-        let names =
-            |t: &Table| -> Vec<String> { t.routers.iter().map(|r| r.name.to_string()).collect() };
+        let names = |t: &Table| -> Vec<String> {
+            t.routers.iter().map(|r| r.def.name.to_string()).collect()
+        };
         let mut b = Builder::new(StickyGlobals::default());
         let root = Arc::new(spec("root", "PathPrefix:/", 0, &[1]));
         let api = Arc::new(spec("api", "PathPrefix:/api", 0, &[2]));

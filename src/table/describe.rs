@@ -33,9 +33,9 @@ impl Table {
             .iter()
             .map(|r| {
                 json!({
-                    "name": &*r.name,
-                    "rule": &*r.rule.source,
-                    "priority": r.priority,
+                    "name": &*r.def.name,
+                    "rule": &*r.def.rule.source,
+                    "priority": r.def.priority,
                     "service": &*self.services[r.service].name,
                 })
             })
@@ -85,9 +85,9 @@ impl fmt::Display for Table {
             write!(
                 f,
                 "\n  router {} [{}] priority {} -> service {}@{} ({}",
-                r.name,
-                r.rule,
-                r.priority,
+                r.def.name,
+                r.def.rule,
+                r.def.priority,
                 s.name,
                 s.provider.as_str(),
                 s.balancer.method()

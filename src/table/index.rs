@@ -61,7 +61,7 @@ impl RouterIndex {
         for (position, router) in routers.iter().enumerate() {
             let position = u32::try_from(position).expect("fewer than 2^32 routers");
             hosts.clear();
-            if !required_hosts(&router.rule.rule, &mut hosts) {
+            if !required_hosts(&router.def.rule.rule, &mut hosts) {
                 any_host.push(position);
                 continue;
             }
@@ -164,22 +164,25 @@ fn required_hosts<'r>(rule: &'r Rule, out: &mut Vec<&'r Arc<str>>) -> bool {
 mod tests {
     use super::*;
     use crate::table::rule::{parse_v1, parse_v2, RequestFacts};
+    use crate::table::RouterDef;
 
     fn routers(rules: &[&str]) -> Vec<Router> {
         rules
             .iter()
             .enumerate()
             .map(|(i, text)| Router {
-                name: format!("r{i}").into(),
-                rule: if text.contains('(') {
-                    parse_v2(text)
-                } else {
-                    parse_v1(text)
-                }
-                .unwrap_or_else(|e| panic!("{text}: {e}")),
-                priority: 0,
+                def: Arc::new(RouterDef {
+                    name: format!("r{i}").into(),
+                    rule: if text.contains('(') {
+                        parse_v2(text)
+                    } else {
+                        parse_v1(text)
+                    }
+                    .unwrap_or_else(|e| panic!("{text}: {e}")),
+                    priority: 0,
+                    tls: false,
+                }),
                 service: i,
-                tls: false,
             })
             .collect()
     }
@@ -191,11 +194,11 @@ mod tests {
     ) -> Option<usize> {
         index
             .candidates(req.host)
-            .find(|&i| routers[i].rule.rule.matches(req))
+            .find(|&i| routers[i].def.rule.rule.matches(req))
     }
 
     fn first_by_scan(routers: &[Router], req: &RequestFacts) -> Option<usize> {
-        routers.iter().position(|r| r.rule.rule.matches(req))
+        routers.iter().position(|r| r.def.rule.rule.matches(req))
     }
 
     #[test]

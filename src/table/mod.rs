@@ -53,16 +53,24 @@ pub struct Table {
     pub l4: Box<[l4::L4Route]>,
 }
 
-/// Cloned from table to table while its service does not change.
+/// A router of one table: its definition, and where its service is in this table.
 #[derive(Debug, Clone)]
 pub struct Router {
-    pub name: Arc<str>,
-    /// Inline, not behind an `Arc`: a request may test every router in turn, and one more
-    /// pointer to follow per router showed in the cost of a request.
-    pub rule: ParsedRule,
-    pub priority: i32,
+    pub def: Arc<RouterDef>,
     /// Index into [`Table::services`].
     pub service: usize,
+}
+
+/// A router as its service's spec defines it, shared by every table while that spec does
+/// not change. Behind one `Arc` so that a table of thousands of routers is built and freed
+/// with one reference count per router: cloning the name, rule and rewrite cost several on
+/// every edit, each on a line the requests had pushed out of the cache. A request follows
+/// one more pointer per router it tests, and the index leaves it few to test.
+#[derive(Debug)]
+pub struct RouterDef {
+    pub name: Arc<str>,
+    pub rule: ParsedRule,
+    pub priority: i32,
     /// See [`spec::RouterSpec::tls`].
     pub tls: bool,
 }
@@ -181,7 +189,7 @@ impl Table {
         self.index
             .candidates(req.host)
             .map(|i| &self.routers[i])
-            .find(|r| (req.tls || !r.tls) && r.rule.rule.matches(req))
+            .find(|r| (req.tls || !r.def.tls) && r.def.rule.rule.matches(req))
     }
 
     pub fn server_count(&self) -> usize {
