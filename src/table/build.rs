@@ -77,18 +77,15 @@ impl Builder {
         }
     }
 
-    pub fn globals(&self) -> &StickyGlobals {
-        &self.globals
-    }
-
     /// How many servers have runtime state: those of the last table.
     pub fn server_states(&self) -> usize {
         self.states.len()
     }
 
     /// Builds a table from every provider's services. Specs must already be valid: the
-    /// providers reject bad ones with a warning naming the culprit before they get here.
-    /// Servers keep their runtime state from table to table; servers that left lose it.
+    /// providers reject bad ones with a warning naming the culprit before they get here. A
+    /// service that wants sealed cookies while there is no key file is left out, with a
+    /// warning, each time it is built. Servers keep their runtime state from table to table; servers that left lose it.
     ///
     /// The last table's services are found by walking both lists in (provider, name) order,
     /// the publisher's, so that finding them costs no lookup; in any other order a service

@@ -545,8 +545,6 @@ mod tests {
         );
     }
 
-    /// A file pasted after itself: its old text is both the new one's start and its end,
-    /// so the headers carried over from each overlap.
     #[test]
     fn an_edit_that_moves_a_name_under_another_kind_reorders_the_parts() {
         let before = "[services.a]\nx = 1\n[services.b]\nx = 2\n[services.c]\nx = 3\n";
@@ -559,6 +557,8 @@ mod tests {
         assert_eq!(order, ["a", "c", "b"]);
     }
 
+    /// A file pasted after itself: its old text is both the new one's start and its end,
+    /// so the headers carried over from each overlap.
     #[test]
     fn a_text_repeated_after_itself_is_all_changed() {
         let text = "[services.a]\n[services.b]\n[services.c]\n";
