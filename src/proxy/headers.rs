@@ -55,20 +55,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // names in a map are distinct, so at most eight are found.
     let mut found: [Option<HeaderName>; 8] = Default::default();
     let mut count = 0;
-    for name in headers.keys().filter(|name| is_hop_by_hop(name)) {
-        found[count] = Some(name.clone());
-        count += 1;
+    // Whether a `Connection` line names more than the usual keep-alive/close: seen in the
+    // same pass, so that the common message needs no second lookup of it.
+    let mut lists_names = false;
+    for (name, value) in headers.iter() {
+        if !is_hop_by_hop(name) {
+            continue;
+        }
+        if name == header::CONNECTION {
+            lists_names |= !(value.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+                || value.as_bytes().eq_ignore_ascii_case(b"close"));
+        }
+        // `iter` gives a name once per value: only its first value adds it.
+        if found[..count].iter().flatten().all(|f| f != name) {
+            found[count] = Some(name.clone());
+            count += 1;
+        }
     }
-    if count == 0 {
-        return;
-    }
-    if found
-        .iter()
-        .flatten()
-        .any(|name| name == header::CONNECTION)
-    {
-        // Names listed in Connection are rare; only collected when it carries more than
-        // the usual keep-alive/close token.
+    if lists_names {
+        // Names listed in Connection are rare.
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -186,6 +191,27 @@ mod tests {
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    /// The names may be listed on any `Connection` line, not only the first; a line of
+    /// `close` alone lists none.
+    #[test]
+    fn names_listed_on_a_later_connection_line_are_stripped_too() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Close"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
