@@ -19,6 +19,7 @@
 
 mod batching;
 mod body;
+mod branches;
 mod budget;
 mod client_timeouts;
 mod clients;
@@ -41,8 +42,9 @@ pub use workers::{Workers, THREAD_NAME as WORKER_THREAD_NAME};
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,6 +59,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::discovery::SharedTable;
+use branches::Branches;
 use client_timeouts::{Activity, Held, Watchdog, Watched};
 use parking::Parking;
 
@@ -497,22 +500,46 @@ impl Client {
         C: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
+        // Polled apart (see `branches`): the connection wakes the task for nearly every
+        // event of a request, the other two almost never.
+        const CONNECTION: usize = 0;
+        const WATCHDOG: usize = 1;
+        const STOP: usize = 2;
+        let branches = Branches::<3>::new();
+        let mut expired = pin!(self.watchdog.expired(activity));
+        let mut stopped = pin!(stopped(&mut self.stop));
         let mut stopping = false;
-        loop {
-            tokio::select! {
-                result = connection.as_mut() => {
+        let peer = self.peer;
+        std::future::poll_fn(|cx| {
+            let woken = branches.take(cx);
+            // The stop is looked at first: a response the connection is about to write then
+            // says that the connection closes.
+            let stops_now = !stopping
+                && woken.has(STOP)
+                && stopped.as_mut().poll(&mut branches.context(STOP)).is_ready();
+            if stops_now {
+                stopping = true;
+                graceful_shutdown(connection.as_mut());
+            }
+            if woken.has(CONNECTION) || stops_now {
+                if let Poll::Ready(result) =
+                    connection.as_mut().poll(&mut branches.context(CONNECTION))
+                {
                     if let Err(e) = result {
-                        tracing::debug!(client = %self.peer, error = %e, "client connection ended with an error");
+                        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
                     }
-                    return Ok(());
-                }
-                expiry = self.watchdog.expired(activity) => return Err(Cut::Expired(expiry)),
-                () = stopped(&mut self.stop), if !stopping => {
-                    stopping = true;
-                    graceful_shutdown(connection.as_mut());
+                    return Poll::Ready(Ok(()));
                 }
             }
-        }
+            if woken.has(WATCHDOG) {
+                if let Poll::Ready(expiry) = expired.as_mut().poll(&mut branches.context(WATCHDOG))
+                {
+                    return Poll::Ready(Err(Cut::Expired(expiry)));
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
