@@ -320,8 +320,16 @@ pub enum SendError {
     Sent(hyper::Error),
 }
 
-/// The method and headers to send the same bodiless request again.
-pub type Replay<'a> = Option<(&'a http::Method, &'a http::HeaderMap)>;
+/// How to send the same bodiless request again, if it may be.
+pub type Replay<'a> = Option<Again<'a>>;
+
+/// A request's method, and how to make its headers anew: only when it is sent again, which
+/// is seldom.
+#[derive(Clone, Copy)]
+pub struct Again<'a> {
+    pub method: &'a http::Method,
+    pub headers: &'a (dyn Fn() -> http::HeaderMap + Send + Sync + 'a),
+}
 
 /// Sends the request on `conn`. A reused connection that turns out to be dead is replaced by
 /// a fresh one to the same server, transparently: always when the request was handed back
@@ -403,12 +411,12 @@ async fn recover(
                 let error = failed.into_error();
                 let empty_reply = error.is_incomplete_message() || error.is_canceled();
                 match (replay, uri.take()) {
-                    (Some((method, headers)), Some(uri)) if conn.reused && empty_reply => {
+                    (Some(same), Some(uri)) if conn.reused && empty_reply => {
                         tracing::debug!(backend = %authority, error = %error, "reused backend connection closed without a response; sending again on a new one");
                         let mut again =
                             Request::new(UpstreamBody::Right(http_body_util::Empty::new()));
-                        *again.method_mut() = method.clone();
-                        *again.headers_mut() = headers.clone();
+                        *again.method_mut() = same.method.clone();
+                        *again.headers_mut() = (same.headers)();
                         *again.uri_mut() = uri;
                         again
                     }

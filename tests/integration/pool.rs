@@ -8,7 +8,7 @@
 //! what a real backend does at the edges of its keep-alive handling, on demand.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,6 +41,8 @@ struct Scripted {
     /// Connections that ended because limpet closed them.
     closed_by_peer: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    /// Every request head, in the order they arrived, lower-cased.
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Scripted {
@@ -53,6 +55,9 @@ impl Scripted {
     fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
 }
 
 async fn scripted_backend(script: Script) -> Scripted {
@@ -61,10 +66,12 @@ async fn scripted_backend(script: Script) -> Scripted {
     let accepted = Arc::new(AtomicUsize::new(0));
     let closed_by_peer = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
-    let (a, c, r) = (
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let (a, c, r, h) = (
         Arc::clone(&accepted),
         Arc::clone(&closed_by_peer),
         Arc::clone(&requests),
+        Arc::clone(&heads),
     );
     tokio::spawn(async move {
         loop {
@@ -72,9 +79,9 @@ async fn scripted_backend(script: Script) -> Scripted {
                 return;
             };
             let n = a.fetch_add(1, Ordering::SeqCst);
-            let (c, r) = (Arc::clone(&c), Arc::clone(&r));
+            let (c, r, h) = (Arc::clone(&c), Arc::clone(&r), Arc::clone(&h));
             tokio::spawn(async move {
-                if serve(stream, n, script, &r).await {
+                if serve(stream, n, script, &r, &h).await {
                     c.fetch_add(1, Ordering::SeqCst);
                 }
             });
@@ -85,11 +92,18 @@ async fn scripted_backend(script: Script) -> Scripted {
         accepted,
         closed_by_peer,
         requests,
+        heads,
     }
 }
 
 /// Serves one connection; true when it ended by the peer closing it.
-async fn serve(mut stream: TcpStream, conn: usize, script: Script, requests: &AtomicUsize) -> bool {
+async fn serve(
+    mut stream: TcpStream,
+    conn: usize,
+    script: Script,
+    requests: &AtomicUsize,
+    heads: &Mutex<Vec<String>>,
+) -> bool {
     let mut buf = Vec::new();
     for i in 0.. {
         let Some(head_end) = read_head(&mut stream, &mut buf).await else {
@@ -108,6 +122,7 @@ async fn serve(mut stream: TcpStream, conn: usize, script: Script, requests: &At
             }
         }
         buf.drain(..head_end + length);
+        heads.lock().unwrap().push(head);
         requests.fetch_add(1, Ordering::SeqCst);
         let body = format!("conn {conn} request {i}");
         let act = script(conn, i);
@@ -226,6 +241,41 @@ async fn a_pooled_connection_dying_as_it_is_reused_is_replaced_for_idempotent_re
         "the GET was not sent again on a new connection"
     );
     assert_eq!((app.accepted(), app.requests()), (2, 3));
+}
+
+/// The request sent again is the one that was lost, head for head: the forwarded headers
+/// limpet adds, and the server's own Host where the service does not pass the client's on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_again_carries_the_same_head() {
+    let app = scripted_backend(dies_on_reuse).await;
+    let file = format!(
+        "[services.app]\nrule = \"PathPrefix:/\"\npass_host_header = false\nservers = {}\n",
+        servers(&[&app.url])
+    );
+    let limpet = spawn_limpet_with_file(&file).await;
+
+    assert_eq!(limpet.get("/").await.status, 200);
+    let reply = limpet.send(Req::get("/again").header("x-trace", "7")).await;
+    assert_eq!(reply.text(), "conn 1 request 0");
+    let heads = app.heads();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    assert_eq!(
+        heads[2], heads[1],
+        "the head sent again differs from the lost one"
+    );
+    let authority = app.url.trim_start_matches("http://");
+    for line in [
+        format!("host: {authority}"),
+        "x-trace: 7".to_owned(),
+        "x-forwarded-for: 127.0.0.1".to_owned(),
+        "x-forwarded-proto: http".to_owned(),
+    ] {
+        assert!(
+            heads[2].lines().any(|l| l == line),
+            "{line} missing: {}",
+            heads[2]
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
