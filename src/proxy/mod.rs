@@ -13,6 +13,7 @@
 //! - `multiplex`: the HTTP/2 client, one shared connection per backend.
 //! - `batching`: writes that wait for the worker's other ready tasks, so they leave in bursts.
 //! - `parking`: idle HTTP/1.1 client connections without buffers.
+//! - `branches`: a connection's task polls its watchdog and stop signal only when they woke it.
 //! - `pool`: limpet's own pool of HTTP/1.1 connections to plain-HTTP backends.
 //! - `error`: every failure, and the one place that maps failures to responses.
 //! - `workers`: the threads connections are served on, one runtime each.
