@@ -85,7 +85,8 @@ impl Builder {
     /// Builds a table from every provider's services. Specs must already be valid: the
     /// providers reject bad ones with a warning naming the culprit before they get here. A
     /// service that wants sealed cookies while there is no key file is left out, with a
-    /// warning, each time it is built. Servers keep their runtime state from table to table; servers that left lose it.
+    /// warning, each time it is built. Servers keep their runtime state from table to table;
+    /// servers that left lose it.
     ///
     /// The last table's services are found by walking both lists in (provider, name) order,
     /// the publisher's, so that finding them costs no lookup; in any other order a service
@@ -97,8 +98,6 @@ impl Builder {
         let mut gone = Vec::new();
         let mut routers = Vec::with_capacity(specs.len());
         let mut services: Vec<Arc<Service>> = Vec::with_capacity(specs.len());
-        // The specs of `services`, index for index: a spec that cannot be built is left out.
-        let mut used: Vec<&Arc<ServiceSpec>> = Vec::with_capacity(specs.len());
         let mut with_fallback_service = Vec::new();
         let mut with_l4: Vec<&ServiceSpec> = Vec::new();
         self.built.reserve(specs.len());
@@ -137,7 +136,6 @@ impl Builder {
             };
             let index = services.len();
             services.push(Arc::clone(&built.made));
-            used.push(spec);
             routers.extend(built.routers.iter().map(|def| Router {
                 def: Arc::clone(def),
                 service: index,
@@ -151,7 +149,7 @@ impl Builder {
             self.built.push(built);
         }
         gone.extend(previous);
-        resolve_fallbacks(&used, &with_fallback_service, &mut services);
+        resolve_fallbacks(&self.built, &with_fallback_service, &mut services);
         let routers = self.order.sort(routers);
         let (l4, _conflicts) = super::l4::build(&with_l4, &self.states);
         for built in gone {
@@ -411,20 +409,21 @@ fn service(
 /// dropped: the service still routes normally. The index is this table's, so a service
 /// with such a fallback is copied for each table, not shared.
 fn resolve_fallbacks(
-    specs: &[&Arc<ServiceSpec>],
+    built: &[Built],
     with_fallback_service: &[usize],
     services: &mut [Arc<Service>],
 ) {
+    // `built` is this table's, index for index with `services`.
+    let specs = || built.iter().map(|b| &b.spec);
     for &i in with_fallback_service {
-        let spec = specs[i];
+        let spec = &built[i].spec;
         let Some(FallbackSpec::Service(name)) = &spec.options.fallback else {
             continue;
         };
         // Prefer the same provider when both have a service of that name.
-        let target = specs
-            .iter()
+        let target = specs()
             .position(|s| s.name == *name && s.provider == spec.provider)
-            .or_else(|| specs.iter().position(|s| s.name == *name));
+            .or_else(|| specs().position(|s| s.name == *name));
         let fallback = match target {
             Some(t) if t != i => Some(Fallback::Service(t)),
             _ => {
