@@ -44,6 +44,7 @@ pub use workers::{Workers, THREAD_NAME as WORKER_THREAD_NAME};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -52,8 +53,10 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION};
 use hyper::server::conn::{http1, http2};
 use hyper::service::{service_fn, HttpService};
+use hyper::{Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -266,6 +269,7 @@ pub async fn serve_with(
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     // Every connection holds a receiver; the sender learns when the last one has gone.
     let (stopping, stop) = watch::channel(false);
+    let closing = Arc::new(AtomicBool::new(false));
     let protocols = {
         let mut http1 = http1::Builder::new();
         // A bounded read buffer per connection bounds what one connection can hold outside
@@ -312,6 +316,7 @@ pub async fn serve_with(
                 idle: proxy.settings.client_idle_timeout,
             },
             stop: stop.clone(),
+            closing: Arc::clone(&closing),
         };
         let protocols = Arc::clone(&protocols);
         // One task per transport: a plain connection's task then holds no TLS state, which
@@ -359,9 +364,12 @@ pub async fn serve_with(
             }
         }
     }
-    drop(listener);
+    // In this order, so that a client finding the port closed knows that every response
+    // made from then on says that its connection closes.
+    closing.store(true, Ordering::Release);
     drop(stop);
     let _ = stopping.send(true);
+    drop(listener);
     let grace = proxy.settings.grace_period;
     if tokio::time::timeout(grace, stopping.closed())
         .await
@@ -382,6 +390,11 @@ struct Client {
     watchdog: Watchdog,
     /// Turns true when the entrypoint shuts down.
     stop: watch::Receiver<bool>,
+    /// Set when the entrypoint stops, before `stop` changes. The task looks at `stop` only
+    /// when a poll begins, and a poll under way at that moment may still receive a response
+    /// and have hyper encode it as keep-alive: a response that leaves the service once this
+    /// is set says `Connection: close` itself.
+    closing: Arc<AtomicBool>,
 }
 
 /// Why a connection was closed before it ended by itself.
@@ -402,13 +415,18 @@ impl Client {
             let proxy = Arc::clone(&self.proxy);
             let conn = self.conn.clone();
             let activity = Arc::clone(&activity);
+            let closing = Arc::clone(&self.closing);
             service_fn(move |req| {
                 let in_flight = activity.request();
+                let closing = Arc::clone(&closing);
                 // Boxed: hyper moves the service future into its connection state, and the
                 // forwarding future is about 3 KiB. Boxing also makes it `Unpin`, which
                 // taking a parked connection apart needs.
                 Box::pin(forward::handle(Arc::clone(&proxy), req, conn.clone())).map(
-                    move |response| {
+                    move |mut response| {
+                        if !http2 && closing.load(Ordering::Acquire) {
+                            say_close(&mut response);
+                        }
                         Ok::<_, Infallible>(response.map(|body| Held::new(body, in_flight)))
                     },
                 )
@@ -541,6 +559,16 @@ impl Client {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// Marks an HTTP/1 response as the connection's last, as hyper does itself once shut down
+/// gracefully. A switch of protocols keeps its `Connection: upgrade`.
+fn say_close<B>(response: &mut Response<B>) {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
 }
 

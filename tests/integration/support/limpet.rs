@@ -30,6 +30,8 @@ pub struct Options {
     pub proxy: ProxySettings,
     /// Also expect a Docker provider, which never reports: limpet stays not ready.
     pub wait_for_docker: bool,
+    /// Accept HTTP/2 with prior knowledge (h2c) as well as HTTP/1.
+    pub h2c: bool,
 }
 
 impl Default for Options {
@@ -43,6 +45,7 @@ impl Default for Options {
                 ..ProxySettings::default()
             },
             wait_for_docker: false,
+            h2c: false,
         }
     }
 }
@@ -95,7 +98,7 @@ pub async fn spawn_limpet(toml: &str, options: Options) -> Limpet {
     let proxy = Arc::new(Proxy::new(publisher.table(), options.proxy));
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let workers = super::two_workers();
-    let transport = proxy::Transport::Plain { h2c: false };
+    let transport = proxy::Transport::Plain { h2c: options.h2c };
     let served = tokio::spawn(proxy::serve_with(
         listener,
         transport,
