@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::table::order::KeptOrder;
 use crate::table::spec::{Provider, ServiceSpec};
 use crate::table::{pace, Builder, Readiness, StickyGlobals, Table};
 
@@ -130,44 +131,26 @@ impl Publisher {
 #[derive(Debug)]
 struct Snapshot {
     services: Vec<Arc<ServiceSpec>>,
-    /// Where each service the provider gave, in its order, went in `services`.
-    sorted_at: Vec<usize>,
+    /// How the provider's order became `services`.
+    order: KeptOrder,
 }
 
 impl Snapshot {
     /// Sorts `given` by name (stably). A provider gives its services in the same order from
-    /// one update to the next (the file provider in file order), so when every position
-    /// holds the service it held last time, or one of the same name, the last order is
-    /// reused: sorting a thousand names read each of them about ten times, and by the next
-    /// edit none of them is in the cache.
+    /// one update to the next (the file provider in file order), so the last sort's order
+    /// usually serves again: it does when each service lands where one of the same name was.
     fn sorted(given: Vec<Arc<ServiceSpec>>, last: Option<&Snapshot>) -> Self {
-        let same_names = last.filter(|last| {
-            last.sorted_at.len() == given.len()
-                && given.iter().zip(&last.sorted_at).all(|(spec, &at)| {
-                    let before = &last.services[at];
-                    Arc::ptr_eq(spec, before) || spec.name == before.name
-                })
-        });
-        let sorted_at = match same_names {
-            Some(last) => last.sorted_at.clone(),
-            None => {
-                let mut order: Vec<usize> = (0..given.len()).collect();
-                order.sort_by(|&a, &b| given[a].name.cmp(&given[b].name));
-                let mut sorted_at = vec![0; given.len()];
-                for (at, &i) in order.iter().enumerate() {
-                    sorted_at[i] = at;
-                }
-                sorted_at
-            }
+        let (mut order, before) = match last {
+            Some(last) => (last.order.clone(), &last.services[..]),
+            None => (KeptOrder::default(), &[][..]),
         };
-        let mut slots: Vec<Option<Arc<ServiceSpec>>> = vec![None; given.len()];
-        for (spec, &at) in given.into_iter().zip(&sorted_at) {
-            slots[at] = Some(spec);
-        }
-        Self {
-            services: slots.into_iter().flatten().collect(),
-            sorted_at,
-        }
+        let services = order.sort(
+            given,
+            before,
+            |spec, before| Arc::ptr_eq(spec, before) || spec.name == before.name,
+            |a, b| a.name.cmp(&b.name),
+        );
+        Self { services, order }
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use cookie::{Cookie, SameSite as CookieSameSite};
 use http::HeaderValue;
 
+use super::order::KeptOrder;
 use super::spec::{
     CookieMode, FallbackSpec, SameSite, ServerSpec, ServiceOptions, ServiceSpec, StickySpec,
 };
@@ -45,9 +46,9 @@ pub struct Builder {
 /// last ones costs far less than sorting a thousand names.
 #[derive(Debug, Default)]
 struct RouterOrder {
-    /// The last table's routers before sorting.
+    /// The last table's routers, sorted.
     defs: Vec<Arc<RouterDef>>,
-    order: Vec<usize>,
+    kept: KeptOrder,
 }
 
 /// One service as the builder made it: the spec, and what the next table can share.
@@ -262,29 +263,26 @@ impl Built {
 impl RouterOrder {
     /// Traefik v1 gives a router without a priority the length of its rule, so that a more
     /// specific rule wins; the name breaks remaining ties so the order never depends on
-    /// discovery order. Ordered by index, so that a table of thousands of routers is not
-    /// moved about by the sort.
+    /// discovery order.
     fn sort(&mut self, routers: Vec<Router>) -> Vec<Router> {
-        let same = routers.len() == self.defs.len()
-            && routers.iter().zip(&self.defs).all(|(r, last)| {
+        let sorted = self.kept.sort(
+            routers,
+            &self.defs,
+            |r, last| {
                 Arc::ptr_eq(&r.def, last)
                     || (effective_priority(&r.def) == effective_priority(last)
                         && r.def.name == last.name)
-            });
-        if !same {
-            self.order = (0..routers.len()).collect();
-            self.order.sort_by(|&a, &b| {
-                let (a, b) = (&routers[a].def, &routers[b].def);
-                effective_priority(b)
-                    .cmp(&effective_priority(a))
-                    .then_with(|| a.name.cmp(&b.name))
-            });
-        }
+            },
+            |a, b| {
+                effective_priority(&b.def)
+                    .cmp(&effective_priority(&a.def))
+                    .then_with(|| a.def.name.cmp(&b.def.name))
+            },
+        );
         // The new definitions, so that the next comparison finds the same pointers.
         self.defs.clear();
-        self.defs.extend(routers.iter().map(|r| Arc::clone(&r.def)));
-        let mut slots: Vec<Option<Router>> = routers.into_iter().map(Some).collect();
-        self.order.iter().filter_map(|&i| slots[i].take()).collect()
+        self.defs.extend(sorted.iter().map(|r| Arc::clone(&r.def)));
+        sorted
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod index;
 pub mod l4;
+pub mod order;
 pub mod pace;
 pub mod rule;
 pub mod spec;
