@@ -577,3 +577,33 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     // A dropped sender means the entrypoint is gone as well.
     let _ = stop.wait_for(|stopping| *stopping).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: StatusCode, connection: Option<&'static str>) -> Response<()> {
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        if let Some(value) = connection {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static(value));
+        }
+        response
+    }
+
+    #[test]
+    fn a_last_response_says_close_but_a_switch_of_protocols_keeps_upgrade() {
+        let mut ok = response(StatusCode::OK, None);
+        say_close(&mut ok);
+        assert_eq!(
+            ok.headers().get_all(CONNECTION).iter().collect::<Vec<_>>(),
+            ["close"]
+        );
+
+        let mut switching = response(StatusCode::SWITCHING_PROTOCOLS, Some("upgrade"));
+        say_close(&mut switching);
+        assert_eq!(switching.headers()[CONNECTION], "upgrade");
+    }
+}
