@@ -10,7 +10,7 @@
 //! should go. A connection with a request in flight is never cut, however quiet.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,7 +18,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// What a connection has been doing; shared by its I/O, its requests and its watchdog.
+/// What a connection has been doing, and whether its entrypoint is stopping; shared by its
+/// I/O, its requests and its watchdog.
 pub struct Activity {
     born: Instant,
     /// Requests whose response has not been fully sent yet.
@@ -29,18 +30,21 @@ pub struct Activity {
     /// being read. Only HTTP/1 heads are timed: HTTP/2 frames its requests itself.
     head_since: AtomicU64,
     http1: bool,
+    /// The entrypoint's, set when it stops (see [`InFlight::is_last`]).
+    closing: Arc<AtomicBool>,
 }
 
 impl Activity {
     /// A new connection. An HTTP/1 connection is reading its first head from the start:
     /// a client that connects and sends nothing is the plainest slowloris.
-    pub fn new(http1: bool) -> Arc<Self> {
+    pub fn new(http1: bool, closing: Arc<AtomicBool>) -> Arc<Self> {
         Arc::new(Self {
             born: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_done: AtomicU64::new(0),
             head_since: AtomicU64::new(u64::from(http1)),
             http1,
+            closing,
         })
     }
 
@@ -71,6 +75,16 @@ impl Activity {
 
 /// A request in flight on its connection.
 pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    /// The entrypoint has begun to stop, so on HTTP/1 this request's response is the
+    /// connection's last and should say so (HTTP/2 has its GOAWAY). The connection's task
+    /// looks at the stop only when a poll begins, and a poll under way when it comes may
+    /// still receive this response and have hyper encode it as keep-alive.
+    pub fn is_last(&self) -> bool {
+        self.0.http1 && self.0.closing.load(Ordering::Acquire)
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -257,11 +271,11 @@ mod tests {
             idle: Some(SHORT * 3),
         };
         // A fresh HTTP/1 connection is on its head clock.
-        let a = Activity::new(true);
+        let a = Activity::new(true, Arc::default());
         assert_eq!(dog.expired(&a).await, Expiry::Head);
 
         // After a request, the idle clock runs; bytes of a new head switch back.
-        let a = Activity::new(true);
+        let a = Activity::new(true, Arc::default());
         drop(a.request());
         let start = Instant::now();
         assert_eq!(dog.expired(&a).await, Expiry::Idle);
@@ -270,7 +284,7 @@ mod tests {
         assert_eq!(dog.expired(&a).await, Expiry::Head);
 
         // HTTP/2 has no head clock.
-        let a = Activity::new(false);
+        let a = Activity::new(false, Arc::default());
         a.read();
         assert_eq!(dog.expired(&a).await, Expiry::Idle);
 
@@ -279,7 +293,7 @@ mod tests {
             head: None,
             idle: Some(SHORT),
         };
-        let a = Activity::new(true);
+        let a = Activity::new(true, Arc::default());
         assert!(tokio::time::timeout(SHORT * 4, off.expired(&a))
             .await
             .is_err());
@@ -291,7 +305,7 @@ mod tests {
             head: Some(SHORT),
             idle: Some(SHORT),
         };
-        let a = Activity::new(true);
+        let a = Activity::new(true, Arc::default());
         let held = a.request();
         let waited = tokio::time::timeout(SHORT * 6, dog.expired(&a)).await;
         assert!(waited.is_err(), "expired with a request in flight");

@@ -390,10 +390,8 @@ struct Client {
     watchdog: Watchdog,
     /// Turns true when the entrypoint shuts down.
     stop: watch::Receiver<bool>,
-    /// Set when the entrypoint stops, before `stop` changes. The task looks at `stop` only
-    /// when a poll begins, and a poll under way at that moment may still receive a response
-    /// and have hyper encode it as keep-alive: a response that leaves the service once this
-    /// is set says `Connection: close` itself.
+    /// Set when the entrypoint stops, before `stop` changes; each connection's [`Activity`]
+    /// holds it, for its requests to see.
     closing: Arc<AtomicBool>,
 }
 
@@ -410,21 +408,19 @@ impl Client {
     where
         IO: parking::ReadReady + AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let activity = Activity::new(!http2);
+        let activity = Activity::new(!http2, Arc::clone(&self.closing));
         let service = {
             let proxy = Arc::clone(&self.proxy);
             let conn = self.conn.clone();
             let activity = Arc::clone(&activity);
-            let closing = Arc::clone(&self.closing);
             service_fn(move |req| {
                 let in_flight = activity.request();
-                let closing = Arc::clone(&closing);
                 // Boxed: hyper moves the service future into its connection state, and the
                 // forwarding future is about 3 KiB. Boxing also makes it `Unpin`, which
                 // taking a parked connection apart needs.
                 Box::pin(forward::handle(Arc::clone(&proxy), req, conn.clone())).map(
                     move |mut response| {
-                        if !http2 && closing.load(Ordering::Acquire) {
+                        if in_flight.is_last() {
                             say_close(&mut response);
                         }
                         Ok::<_, Infallible>(response.map(|body| Held::new(body, in_flight)))
