@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Paired rounds: limpet and a peer (HAProxy or nginx) alternately under the same wrk load,
-# one worker each, and the ratio limpet/peer of every pair, with their median.
+# one worker each, and the ratios limpet/peer of every pair (rps and p99), with their medians.
 #
 #   bench/paired.sh [--peer haproxy|nginx] [--rounds N] [--duration SECS] [--size 100b|64k|1m]
 #
@@ -10,6 +10,8 @@
 # or RUN=dir): run that once first, `bench/run.sh --quick` is enough. Same pinning as its
 # 1-worker mode: the proxy on CPU 0, wrk and the backends on CPU 1. Loopback only.
 set -euo pipefail
+# A failed measurement inside $(...) stops the script, not just its subshell.
+shopt -s inherit_errexit
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUN=${RUN:-$ROOT/bench/out/latest/run}
@@ -44,7 +46,7 @@ taskset -c 1 nginx -p "$RUN" -e "$RUN/backend.err" -c "$RUN/backend.conf" &
 PIDS+=("$!")
 wait_port $((BASE + 1))
 
-# measure NAME: one round of new and pinned sessions; prints "NAME SCENARIO RPS".
+# measure NAME: one round of new and pinned sessions; prints "NAME SCENARIO RPS P99_US".
 measure() {
     local name=$1 port pid cookie
     case "$name" in
@@ -63,16 +65,22 @@ measure() {
     PIDS+=("$pid")
     wait_port "$port"
     for scenario in new pinned; do
-        local header=()
-        [ "$scenario" = pinned ] && header=(-H "Cookie: $cookie")
-        taskset -c 1 wrk -t1 -c50 -d1s "${header[@]}" "http://127.0.0.1:$port/$SIZE" >/dev/null
-        local out
-        out=$(taskset -c 1 wrk -t1 -c50 -d"${DURATION}s" "${header[@]}" "http://127.0.0.1:$port/$SIZE")
-        if grep -q "Non-2xx" <<<"$out"; then
-            echo "paired.sh: $name answered errors: $(grep Non-2xx <<<"$out")" >&2
-            exit 1
-        fi
-        echo "$name $scenario $(awk '/Requests\/sec/ {print $2}' <<<"$out")"
+        local sent="" out
+        [ "$scenario" = pinned ] && sent=$cookie
+        taskset -c 1 wrk -t1 -c50 -d1s -s "$ROOT/bench/wrk/load.lua" "http://127.0.0.1:$port/$SIZE" -- "$sent" >/dev/null
+        out=$(taskset -c 1 wrk -t1 -c50 -d"${DURATION}s" -s "$ROOT/bench/wrk/load.lua" \
+            "http://127.0.0.1:$port/$SIZE" -- "$sent" | sed -n 's/^WRK //p')
+        python3 -c '
+import json, sys
+w = json.loads(sys.argv[3])
+if w is None:
+    sys.exit(f"paired.sh: wrk measured nothing through {sys.argv[1]}")
+errors = sum(w[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
+n = w["requests"]
+if errors or not n:
+    sys.exit(f"paired.sh: {sys.argv[1]} answered {errors} errors in {n} requests")
+print(sys.argv[1], sys.argv[2], w["requests"] / (w["duration_us"] / 1e6), w["p99_us"])
+' "$name" "$scenario" "${out:-null}"
     done
     kill "$pid"
     wait "$pid" 2>/dev/null || true
@@ -89,11 +97,12 @@ import statistics, sys
 peer = sys.argv[1]
 rows = [line.split() for line in sys.argv[2].splitlines()]
 for scenario in ("new", "pinned"):
-    rps = {name: [float(r[2]) for r in rows if r[0] == name and r[1] == scenario]
-           for name in (peer, "limpet")}
-    ratios = [l / p for p, l in zip(rps[peer], rps["limpet"])]
-    print(f"{scenario:6}  {peer:7} rps  " + " ".join(f"{x / 1000:5.1f}k" for x in rps[peer]))
-    print(f"{scenario:6}  limpet  rps  " + " ".join(f"{x / 1000:5.1f}k" for x in rps["limpet"]))
-    print(f"{scenario:6}  limpet/{peer} " + " ".join(f"{r:.2f}" for r in ratios)
-          + f"   median {statistics.median(ratios):.2f}")
+    for column, figure, show in ((2, "rps", lambda x: f"{x / 1000:5.1f}k"), (3, "p99", lambda x: f"{x / 1000:4.2f}ms")):
+        got = {name: [float(r[column]) for r in rows if r[0] == name and r[1] == scenario]
+               for name in (peer, "limpet")}
+        ratios = [l / p for p, l in zip(got[peer], got["limpet"])]
+        print(f"{scenario:6}  {peer:7} {figure}  " + " ".join(show(x) for x in got[peer]))
+        print(f"{scenario:6}  limpet  {figure}  " + " ".join(show(x) for x in got["limpet"]))
+        print(f"{scenario:6}  limpet/{peer} {figure} " + " ".join(f"{r:5.2f} " for r in ratios)
+              + f"   median {statistics.median(ratios):.2f}")
 EOF
