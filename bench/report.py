@@ -41,6 +41,8 @@ def figures(cell: dict) -> dict | None:
         "cpu_us": cell["cpu_ns"] / 1000 / w["requests"] if w["requests"] else 0.0,
         "bytes_per_req": w["bytes"] / w["requests"] if w["requests"] else 0.0,
         "others": cell["others_ns"] / (w["duration_us"] * 1000) * 100 if "others_ns" in cell else None,
+        "load_us": cell["load_ns"] / 1000 / w["requests"] if "load_ns" in cell and w["requests"] else None,
+        "cpus": cell.get("cpus"),
     }
 
 
@@ -146,6 +148,7 @@ def targets(cells: list, memory: list) -> list:
                 parts.append(f"{p} {ratio(dflt['rps'], one['rps'])}")
         if parts:
             out.append(f"  default/1 worker rps, both unpinned, 100 B, {scenario}: " + ", ".join(parts))
+    out += ceilings(t)
     for m in memory:
         if m["target"] == "limpet":
             idle = m["idle_rss_kib"] / 1024
@@ -154,6 +157,30 @@ def targets(cells: list, memory: list) -> list:
                        f"with {m['open']} idle connections {loaded:.1f} MiB "
                        f"({'ok' if loaded <= 100 else 'MISS'} <= 100 MiB"
                        f"{'' if m['connections'] >= 10000 else ', but fewer than 10,000 connections'})")
+    return out
+
+
+def ceilings(t: dict) -> list:
+    """What "more workers, more requests" can reach here. wrk and the backend run on the same
+    cores as the proxy, so with every core busy the machine serves at most
+    cores / (the proxy's CPU per request + theirs); both taken from the pinned 1-worker cell,
+    where neither has to share a core. A proxy that scales without loss reaches that ceiling
+    at its default workers, however close it already is at 1 worker."""
+    out = []
+    for scenario in SCENARIOS:
+        parts = []
+        for p in PROXIES:
+            one = t.get(("1", "100b", scenario, p))
+            dflt = t.get(("default", "100b", scenario, p))
+            if not one or not dflt or one["load_us"] is None or not one["cpus"]:
+                continue
+            ceiling = one["cpus"] * 1e6 / (one["cpu_us"] + one["load_us"])
+            parts.append(f"{p} {ceiling / 1000:.1f}k = {ratio(ceiling, one['rps'])} of 1 worker pinned, "
+                         f"default workers reached {dflt['rps'] / ceiling * 100:.0f} %")
+            cpus = one["cpus"]
+        if parts:
+            out.append(f"  ceiling of {cpus} CPUs shared with wrk and the backend, 100 B, {scenario}: "
+                       + "; ".join(parts))
     return out
 
 

@@ -343,25 +343,28 @@ preflight() {
 
 # cell MODE ROUND SIZE SCENARIO TARGET: one wrk run; appends a JSON line to results.jsonl.
 # Besides wrk's figures it records the CPU time of the target (the proxy, or the backend
-# for "direct") and of everything else on the machine that is not this benchmark ("others":
-# other users' builds), the measure of how noisy the cell was.
+# for "direct"), of the load's side (wrk and the backends: what the proxy's workers have to
+# share the cores with when nothing is pinned) and of everything else on the machine that
+# is not this benchmark ("others": other users' builds), the measure of how noisy the cell was.
 cell() {
     local mode=$1 round=$2 size=$3 scenario=$4 target=$5
     local url="http://127.0.0.1:${PORT[$target]}/$size" cookie="" pids=() ours=() raw line waited
-    local cpu0 cpu1 ours0 ours1 busy0 busy1 wrk0 wrk1
+    local cpu0 cpu1 ours0 ours1 busy0 busy1 wrk0 wrk1 be0 be1
     case "$scenario" in pinned|quiet|swapping) [ "$target" != direct ] && cookie=${PIN_COOKIE[$target]} ;; esac
     if [ "$target" = direct ]; then pids=($(pids_of backend)); else pids=($(pids_of "$target")); fi
     ours=($(pids_of backend) $(for name in "${PROXIES[@]}"; do pids_of "$name"; done))
     raw="$OUT/raw/$mode-$scenario-$size-$target-r$round.txt"
     waited=$(wait_quiet)
     cpu0=$(cpu_ns "${pids[@]}") ours0=$(cpu_ns "${ours[@]}") busy0=$(machine_busy_ns) wrk0=$(children_ns)
+    be0=$(cpu_ns $(pids_of backend))
     "${LOAD_PIN[@]}" timeout $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" \
         --timeout 10s -s "$BENCH_DIR/wrk/load.lua" "$url" -- "$cookie" >"$raw" 2>&1 || true
     cpu1=$(cpu_ns "${pids[@]}") ours1=$(cpu_ns "${ours[@]}") busy1=$(machine_busy_ns) wrk1=$(children_ns)
+    be1=$(cpu_ns $(pids_of backend))
     line=$(sed -n 's/^WRK //p' "$raw")
     [ -n "$line" ] || { log "wrk failed for $mode/$scenario/$size/$target; see $raw"; line='null'; }
-    printf '{"mode": "%s", "round": %d, "size": "%s", "scenario": "%s", "target": "%s", "cpu_ns": %d, "others_ns": %d, "waited_s": %d, "wrk": %s}\n' \
-        "$mode" "$round" "$size" "$scenario" "$target" $((cpu1 - cpu0)) \
+    printf '{"mode": "%s", "round": %d, "size": "%s", "scenario": "%s", "target": "%s", "cpu_ns": %d, "load_ns": %d, "cpus": %d, "others_ns": %d, "waited_s": %d, "wrk": %s}\n' \
+        "$mode" "$round" "$size" "$scenario" "$target" $((cpu1 - cpu0)) $(((wrk1 - wrk0) + (be1 - be0))) "$(nproc)" \
         $(((busy1 - busy0) - (ours1 - ours0) - (wrk1 - wrk0))) "$waited" "$line" >>"$OUT/results.jsonl"
     python3 "$BENCH_DIR/report.py" --cell "$OUT/results.jsonl" | tee -a "$OUT/run.log" >&2
 }
