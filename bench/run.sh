@@ -5,7 +5,7 @@
 #
 #   bench/run.sh [--quick] [--no-build] [--duration SECS] [--conns N] [--idle N]
 #                [--skip-throughput] [--skip-memory] [--skip-cost] [--skip-callgrind]
-#                [--skip-swaps] [--swap-services N]
+#                [--skip-swaps] [--swap-services N] [--swap-rounds N]
 #                [--rounds N] [--wait-quiet SECS] [--nice N] [--profile] [--only NAMES]
 #
 # Everything listens on 127.0.0.1 only. Every process the script starts is stopped on exit,
@@ -32,7 +32,10 @@ Options:
   --skip-callgrind  cost phase without callgrind (instructions per request)
   --skip-swaps      no table-swap phase (p99 of limpet while its table is swapped 10 times a second)
   --swap-services N filler services (10 servers each) in the swapped table (default 1000)
+  --swap-rounds N   swapping cells in the swap phase, each between two quiet ones (default 6;
+                    --quick: 2)
   --rounds N        run every wrk cell N times, interleaved; the report shows the median
+                    (the swap phase has its own count, --swap-rounds)
   --wait-quiet SECS before each cell, wait up to SECS for other processes to go quiet
                     (on a shared machine; each cell records the others' CPU either way)
   --nice N          run the benchmark (proxies, backends, load) at niceness N, e.g. -10,
@@ -49,7 +52,7 @@ EOF
 
 ARGS="$*"
 QUICK=0 BUILD=1 PGO=0 DURATION="" CONNS=50 IDLE="" THROUGHPUT=1 MEMORY=1 COST=1 CALLGRIND=1 PROFILE=0
-ROUNDS=1 WAIT_QUIET=0 NICE="" SWAPS=1 SWAP_SERVICES=1000 SWAP_RATE=10 ONLY=""
+ROUNDS=1 WAIT_QUIET=0 NICE="" SWAPS=1 SWAP_SERVICES=1000 SWAP_RATE=10 SWAP_ROUNDS="" ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -64,6 +67,7 @@ while [ $# -gt 0 ]; do
         --skip-callgrind) CALLGRIND=0 ;;
         --skip-swaps) SWAPS=0 ;;
         --swap-services) SWAP_SERVICES=$2; shift ;;
+        --swap-rounds) SWAP_ROUNDS=$2; shift ;;
         --profile) PROFILE=1 ;;
         --rounds) ROUNDS=$2; shift ;;
         --wait-quiet) WAIT_QUIET=$2; shift ;;
@@ -75,10 +79,13 @@ while [ $# -gt 0 ]; do
     shift
 done
 if [ "$QUICK" = 1 ]; then
-    DURATION=${DURATION:-2} IDLE=${IDLE:-2000} WARMUP=1 COST_N=20000 CG_N=1000
+    DURATION=${DURATION:-2} IDLE=${IDLE:-2000} WARMUP=1 COST_N=20000 CG_N=1000 SWAP_ROUNDS=${SWAP_ROUNDS:-2}
 else
-    DURATION=${DURATION:-5} IDLE=${IDLE:-10000} WARMUP=2 COST_N=100000 CG_N=4000
+    DURATION=${DURATION:-5} IDLE=${IDLE:-10000} WARMUP=2 COST_N=100000 CG_N=4000 SWAP_ROUNDS=${SWAP_ROUNDS:-6}
 fi
+case "$SWAP_ROUNDS" in
+    ''|*[!0-9]*|0) echo "run.sh: --swap-rounds takes a whole number from 1, not '$SWAP_ROUNDS'" >&2; exit 2 ;;
+esac
 
 BASE=${BENCH_PORT_BASE:-19080}
 PORT_A=$((BASE + 1)) PORT_B=$((BASE + 2))
@@ -378,9 +385,12 @@ warm() { # warm TARGET: a short load so pools and caches are filled before measu
 
 # Table swaps under load (issue 6, item 2): limpet alone at 1 worker with the pinned 100 B
 # load, its table padded to SWAP_SERVICES services of 10 servers, measured with a quiet
-# control plane and then while the file changes SWAP_RATE times a second, each change a new
-# table built and swapped. Rounds interleave the two. The swaps limpet really made are
-# counted from its log ("publishing new routing table", one line per swap, never per request).
+# control plane and while the file changes SWAP_RATE times a second, each change a new table
+# built and swapped. The cells alternate, quiet first and last (q0 s1 q1 s2 ... sN qN), so
+# that every swapping cell has a quiet one on each side: the VM's drift over the phase moves
+# both neighbours as much as the cell between them, and the quiet cells compared with each
+# other show how far p99 moves with no swaps at all. The swaps limpet really made are counted
+# from its log ("publishing new routing table", one line per swap, never per request).
 swap_phase() {
     local round swapper writes before after control servers=$((SWAP_SERVICES * 10 + 2))
     log "== table swaps: limpet, 1 worker, pinned 100 B, $SWAP_SERVICES extra services ($servers servers), $SWAP_RATE swaps/s =="
@@ -394,8 +404,8 @@ swap_phase() {
     wait_port "${PORT[limpet]}" 20 limpet
     preflight limpet
     warm limpet
-    for round in $(seq 1 "$ROUNDS"); do
-        cell swap "$round" 100b quiet limpet
+    cell swap 0 100b quiet limpet
+    for round in $(seq 1 "$SWAP_ROUNDS"); do
         before=$(grep -c 'publishing new routing table' "$OUT/logs/limpet.log" || true)
         launch swapper taskset -c 1 python3 "$BENCH_DIR/swap_table.py" --base "$RUN/limpet.toml" \
             --out "$RUN/limpet-swap.toml" --services "$SWAP_SERVICES" --servers 10 \
@@ -413,6 +423,7 @@ swap_phase() {
             "$round" "$((SWAP_SERVICES + 1))" "$servers" "$SWAP_RATE" $((DURATION + WARMUP + 2)) \
             "${writes:-0}" $((after - before)) "$control" $((DURATION + 2)) >>"$OUT/swaps.jsonl"
         log "swaps: $((after - before)) tables published for ${writes:-0} file writes; control plane $((control / 1000000)) ms of CPU in the last $((DURATION + 2)) s"
+        cell swap "$round" 100b quiet limpet
     done
     halt limpet
 }
