@@ -199,12 +199,14 @@ machine_busy_ns() {
     awk -v t="$TICK_NS" '$1 == "cpu" { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * t }' /proc/stat
 }
 
-# CPU time (ns) of this shell's finished children, i.e. wrk once it has exited.
+# CPU time (ns) of this shell's finished children, i.e. wrk once it has exited, left in
+# CHILDREN_NS. Called as a command, never as $(children_ns): a command substitution runs in
+# a subshell, and a subshell's `times` counts its own children (none), not this shell's.
 children_ns() {
     times >"$OUT/.times"
-    awk 'NR == 2 { total = 0
+    CHILDREN_NS=$(awk 'NR == 2 { total = 0
         for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); total += p[1] * 60 + p[2] }
-        printf "%.0f\n", total * 1e9 }' "$OUT/.times"
+        printf "%.0f\n", total * 1e9 }' "$OUT/.times")
 }
 
 # User and system ticks of processes, from /proc/<pid>/stat: "user sys".
@@ -362,11 +364,13 @@ cell() {
     ours=($(pids_of backend) $(for name in "${PROXIES[@]}"; do pids_of "$name"; done))
     raw="$OUT/raw/$mode-$scenario-$size-$target-r$round.txt"
     waited=$(wait_quiet)
-    cpu0=$(cpu_ns "${pids[@]}") ours0=$(cpu_ns "${ours[@]}") busy0=$(machine_busy_ns) wrk0=$(children_ns)
+    children_ns
+    cpu0=$(cpu_ns "${pids[@]}") ours0=$(cpu_ns "${ours[@]}") busy0=$(machine_busy_ns) wrk0=$CHILDREN_NS
     be0=$(cpu_ns $(pids_of backend))
     "${LOAD_PIN[@]}" timeout $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" \
         --timeout 10s -s "$BENCH_DIR/wrk/load.lua" "$url" -- "$cookie" >"$raw" 2>&1 || true
-    cpu1=$(cpu_ns "${pids[@]}") ours1=$(cpu_ns "${ours[@]}") busy1=$(machine_busy_ns) wrk1=$(children_ns)
+    children_ns
+    cpu1=$(cpu_ns "${pids[@]}") ours1=$(cpu_ns "${ours[@]}") busy1=$(machine_busy_ns) wrk1=$CHILDREN_NS
     be1=$(cpu_ns $(pids_of backend))
     line=$(sed -n 's/^WRK //p' "$raw")
     [ -n "$line" ] || { log "wrk failed for $mode/$scenario/$size/$target; see $raw"; line='null'; }
