@@ -94,7 +94,9 @@ def throughput(cells: list) -> list:
                 out.append(f" {size_text}")
                 out.append(row("direct", t.get((mode, size, "direct"))))
                 for p in PROXIES:
-                    out.append(row(p, t.get((mode, size, scenario, p))))
+                    # A proxy left out with --only has no cells; one whose cells all failed has None.
+                    if (mode, size, scenario, p) in t:
+                        out.append(row(p, t[(mode, size, scenario, p)]))
                 lim = t.get((mode, size, scenario, "limpet"))
                 for other in ("haproxy", "nginx"):
                     o = t.get((mode, size, scenario, other))
@@ -168,20 +170,23 @@ def ceilings(t: dict) -> list:
     where neither has to share a core. A proxy that scales without loss reaches that ceiling
     at its default workers, however close it already is at 1 worker."""
     out = []
+    cpus = None
     for scenario in SCENARIOS:
-        parts = []
-        for p in PROXIES:
-            one = t.get(("1", "100b", scenario, p))
-            dflt = t.get(("default", "100b", scenario, p))
-            if not one or not dflt or one["load_us"] is None or not one["cpus"]:
-                continue
-            ceiling = one["cpus"] * 1e6 / (one["cpu_us"] + one["load_us"])
-            parts.append(f"{p} {ceiling / 1000:.1f}k = {ratio(ceiling, one['rps'])} of 1 worker pinned, "
-                         f"default workers reached {dflt['rps'] / ceiling * 100:.0f} %")
-            cpus = one["cpus"]
-        if parts:
-            out.append(f"  ceiling of {cpus} CPUs shared with wrk and the backend, 100 B, {scenario}: "
-                       + "; ".join(parts))
+        for size, size_text in SIZES.items():
+            parts = []
+            for p in PROXIES:
+                one = t.get(("1", size, scenario, p))
+                dflt = t.get(("default", size, scenario, p))
+                if not one or not dflt or one["load_us"] is None or not one["cpus"]:
+                    continue
+                cpus = one["cpus"]
+                ceiling = cpus * 1e6 / (one["cpu_us"] + one["load_us"])
+                parts.append(f"{p} {ratio(ceiling, one['rps'])} {dflt['rps'] / ceiling * 100:3.0f} %")
+            if parts:
+                out.append(f"    {scenario:<6} {size_text:<6}  " + "   ".join(parts))
+    if out:
+        out.insert(0, f"  ceiling of {cpus} CPUs shared with wrk and the backend, as a multiple of the pinned"
+                      " 1-worker rps, and the share of it reached by default workers:")
     return out
 
 
