@@ -109,7 +109,8 @@ def throughput(cells: list) -> list:
     out.append("     for 'direct' it is the backend's. cpu µs/req = that time divided by the requests.")
     out.append("others: CPU time of processes outside this benchmark during the cell (% of one core): noise.")
     out.append("The 'direct' row is measured once per body size and shown in both scenarios.")
-    rounds = max((c.get("round", 1) for c in cells), default=1)
+    # The swap phase numbers its cells with --swap-rounds, not --rounds.
+    rounds = max((c.get("round", 1) for c in cells if c["mode"] in MODES), default=1)
     if rounds > 1:
         out.append(f"Each row is the round with the median rps of {rounds} interleaved rounds.")
     return out
