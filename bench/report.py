@@ -170,8 +170,8 @@ def ceilings(t: dict) -> list:
     cores / (the proxy's CPU per request + theirs); both taken from the pinned 1-worker cell,
     where neither has to share a core. A proxy that scales without loss reaches that ceiling
     at its default workers, however close it already is at 1 worker."""
-    out = []
-    cpus = None
+    rows = []
+    cpus = 0
     for scenario in SCENARIOS:
         for size, size_text in SIZES.items():
             parts = []
@@ -184,11 +184,11 @@ def ceilings(t: dict) -> list:
                 ceiling = cpus * 1e6 / (one["cpu_us"] + one["load_us"])
                 parts.append(f"{p} {ratio(ceiling, one['rps'])} {dflt['rps'] / ceiling * 100:3.0f} %")
             if parts:
-                out.append(f"    {scenario:<6} {size_text:<6}  " + "   ".join(parts))
-    if out:
-        out.insert(0, f"  ceiling of {cpus} CPUs shared with wrk and the backend, as a multiple of the pinned"
-                      " 1-worker rps, and the share of it reached by default workers:")
-    return out
+                rows.append(f"    {scenario:<6} {size_text:<6}  " + "   ".join(parts))
+    if not rows:
+        return []
+    return [f"  ceiling of {cpus} CPUs shared with wrk and the backend, as a multiple of the pinned"
+            " 1-worker rps, and the share of it reached by default workers:"] + rows
 
 
 def swap_table(cells: list, swaps: list) -> list:
