@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds limpet-compare-haproxy:latest: Debian's HAProxy binary and its shared libraries
 # (found with ldd) FROM scratch, with docker/haproxy-swarm.cfg. No registry is needed; the
-# image exists only to compare HAProxy with limpet on the same swarm test
-# (LIMPET_COMPARE_HAPROXY=1, see tests/swarm_e2e/rolling.rs). Prints `<tag> <image id>`.
+# image exists only to compare HAProxy with limpet on the same swarm test, the ignored
+# `rolling_update_through_haproxy_for_comparison` in tests/swarm_e2e/rolling.rs (run it
+# with nextest's `--run-ignored only`). Prints `<tag> <image id>`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
